@@ -1,0 +1,204 @@
+"""The work behind ``training/linear_eval.py`` and ``training/finetune.py`` (kept here so it is importable and
+tested; the scripts only parse arguments and turn readable errors into exit status 2)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from .datasets import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, load_folder, load_split
+from .features import LINEAR_EVAL_PROTOCOLS, ClipProtocol, extract_features, load_backbone
+from .hub import MeasuredResult, export_linear_classifier, make_downstream_card, push_folder_to_hub, write_model_card
+
+__all__ = ["load_processors", "load_datasets", "run_linear_eval", "run_finetune", "DATASET_NAMES"]
+
+DATASET_NAMES = {"ucf101": "UCF101", "hmdb51": "HMDB51", "esc50": "ESC-50", "kinetics400": "Kinetics-400",
+                 "kinetics_sound": "Kinetics-Sound", "fsd50k": "FSD50K", "folder": "custom"}
+
+
+def load_processors(folder, need_video: bool, need_audio: bool):
+    """`(XKDVideoProcessor | None, XKDFeatureExtractor | None)` from ``folder`` when saved there, else defaults."""
+    from ..feature_extraction_xkd import XKDFeatureExtractor
+    from ..video_processing_xkd import XKDVideoProcessor
+
+    folder = Path(folder) if folder is not None else None
+    vp = fe = None
+    if need_video:
+        has = folder is not None and (folder / "video_preprocessor_config.json").is_file()
+        vp = XKDVideoProcessor.from_pretrained(str(folder)) if has else XKDVideoProcessor()
+    if need_audio:
+        fe = XKDFeatureExtractor()
+        if folder is not None and (folder / "preprocessor_config.json").is_file():
+            cfg = json.loads((folder / "preprocessor_config.json").read_text())
+            if cfg.get("feature_extractor_type") == "XKDFeatureExtractor":
+                fe = XKDFeatureExtractor.from_pretrained(str(folder))
+    return vp, fe
+
+
+def load_datasets(dataset: str, data_root, split_dir=None, split: int = 1, modality: str = "video",
+                  allow_missing: bool = False, test_root=None):
+    """Train and test `datasets.Dataset`s for a dataset name (see :func:`.datasets.load_split`)."""
+    media = "audio" if modality == "audio" else "video"
+    if dataset == "folder":
+        exts = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
+        root = Path(data_root)
+        train_root = root / "train" if test_root is None and (root / "train").is_dir() else root
+        test_dir = Path(test_root) if test_root is not None else root / "test"
+        train = load_folder(train_root, media, exts, allow_missing=allow_missing)
+        test = load_folder(test_dir, media, exts, allow_missing=allow_missing)
+        return train, test
+    train = load_split(dataset, data_root, "train", split_dir, split, media, allow_missing=allow_missing)
+    test = load_split(dataset, data_root, "test", split_dir, split, media, allow_missing=allow_missing)
+    return train, test
+
+
+def _finish_folder(output_dir, modality, results, checkpoint, datasets, protocol, details, push_to_hub,
+                   base_model, name, private=None):
+    card = make_downstream_card(modality, name, results, base_model=base_model or str(checkpoint),
+                                datasets=datasets, protocol=protocol, details=details, repo_id=push_to_hub)
+    write_model_card(output_dir, card)
+    if push_to_hub:
+        push_folder_to_hub(output_dir, push_to_hub, commit_message=f"XKD {protocol}: {name}", private=private)
+
+
+def run_linear_eval(
+    checkpoint,
+    dataset: str,
+    data_root,
+    modality: str = "video",
+    split_dir=None,
+    split: int = 1,
+    protocol: str | None = None,
+    classifier: str = "svm",
+    costs=None,
+    train_clips: int | None = None,
+    test_clips: int | None = None,
+    cache_dir=None,
+    output_dir=None,
+    push_to_hub: str | None = None,
+    base_model: str | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    allow_missing: bool = False,
+    probe_epochs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    test_root=None,
+) -> dict:
+    """Extract (or reuse cached) features, run the SVM sweep or FC probe, optionally export + card + push.
+
+    Returns a dict of the measured numbers (also written to ``output_dir/linear_eval_results.json``).
+    """
+    from .probe import PROBE_RECIPES, train_linear_probe
+    from .svm import SVM_COST_SWEEPS, svm_sweep
+
+    name = protocol or dataset
+    base = LINEAR_EVAL_PROTOCOLS.get(name, ClipProtocol(name=name, modality=modality))
+    prot = replace(base, name=name, modality=modality, seed=seed,
+                   train_clips=train_clips or base.train_clips, test_clips=test_clips or base.test_clips)
+    train_ds, test_ds = load_datasets(dataset, data_root, split_dir, split, modality, allow_missing, test_root)
+    backbone = load_backbone(checkpoint, modality)
+    vp, fe = load_processors(checkpoint, prot.needs_video, prot.needs_audio)
+    kw = dict(video_processor=vp, feature_extractor=fe, cache_dir=cache_dir, batch_size=batch_size, device=device,
+              progress=progress)
+    train = extract_features(backbone, train_ds, prot, "train", **kw)
+    test = extract_features(backbone, test_ds, prot, "test", **kw)
+    class_names = train_ds.features["label"].names
+    out: dict = {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "modality": modality,
+                 "classifier": classifier, "train_clips": prot.train_clips, "test_clips": prot.test_clips,
+                 "num_train_videos": train.num_videos, "num_test_videos": test.num_videos}
+    if classifier == "svm":
+        sweep = costs if costs else SVM_COST_SWEEPS.get(name, SVM_COST_SWEEPS["ucf101"])
+        result = svm_sweep(train, test, sweep, seed=seed, num_classes=len(class_names))
+        print(result.summary())
+        out.update(result.to_dict())
+        weight, bias = result.weight, result.bias
+        metric = MeasuredResult(dataset, DATASET_NAMES.get(dataset, dataset), "accuracy",
+                                f"Top-1 accuracy (linear SVM, C={result.best_cost:g}, best of sweep)",
+                                result.best_top1, "test", f"split{split}" if dataset != "folder" else None)
+        protocol_text, details = "linear SVM", {"costs": sweep, "best C": result.best_cost}
+    elif classifier == "fc":
+        recipe = dict(PROBE_RECIPES.get(name, PROBE_RECIPES["kinetics400"]))
+        multi = bool(recipe.pop("multi_label", False))
+        if probe_epochs is not None:
+            recipe["epochs"] = probe_epochs
+        result = train_linear_probe(train, test, num_classes=len(class_names), multi_label=multi, seed=seed,
+                                    device=device, **recipe)
+        print(f"linear probe: {result.metrics}")
+        out.update({"metrics": result.metrics, "probe": recipe})
+        weight, bias = result.weight, result.bias
+        key = "mAP" if multi else "top1"
+        metric = MeasuredResult(dataset, DATASET_NAMES.get(dataset, dataset), "map" if multi else "accuracy",
+                                f"{'mAP' if multi else 'Top-1 accuracy'} (linear probe)", result.metrics[key],
+                                "test", f"split{split}" if dataset != "folder" else None)
+        protocol_text, details = "linear probe", recipe
+    else:
+        raise ValueError(f"classifier must be 'svm' or 'fc', got {classifier!r}")
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "linear_eval_results.json").write_text(json.dumps(out, indent=2, default=float))
+        if modality in ("video", "audio"):
+            export_linear_classifier(checkpoint, modality, weight, bias, class_names, output_dir,
+                                     vp if modality == "video" else fe)
+            details = {**details, "train clips per video": prot.train_clips, "test clips per video": prot.test_clips}
+            _finish_folder(output_dir, modality, [metric], checkpoint, [dataset] if dataset != "folder" else None,
+                           protocol_text, details, push_to_hub, base_model,
+                           f"xkd-{modality}-{dataset}-{classifier}")
+        elif push_to_hub:
+            raise ValueError("--push-to-hub needs a single-modality classifier; audio_visual late fusion spans two "
+                             "encoders and has no single pipeline model")
+    return out
+
+
+def run_finetune(
+    pretrained,
+    dataset: str,
+    data_root,
+    output_dir,
+    recipe: str | None = None,
+    modality: str | None = None,
+    split_dir=None,
+    split: int = 1,
+    overrides: dict | None = None,
+    training_overrides: dict | None = None,
+    push_to_hub: str | None = None,
+    base_model: str | None = None,
+    allow_missing: bool = False,
+    test_root=None,
+) -> dict:
+    """Fine-tune with a released recipe, save a pipeline-ready folder with a card, optionally push it."""
+    from .finetune import FINETUNE_RECIPES, finetune
+
+    recipe_name = recipe or (dataset if dataset in FINETUNE_RECIPES else "ucf101")
+    if recipe_name not in FINETUNE_RECIPES:
+        raise ValueError(f"unknown recipe {recipe_name!r}; known: {sorted(FINETUNE_RECIPES)}")
+    rec = dict(FINETUNE_RECIPES[recipe_name])
+    if modality is not None:
+        rec["modality"] = modality
+    rec.update(overrides or {})
+    modality = rec["modality"]
+    train_ds, test_ds = load_datasets(dataset, data_root, split_dir, split, modality, allow_missing, test_root)
+    vp, fe = load_processors(pretrained, modality == "video", modality == "audio")
+    out = finetune(pretrained, train_ds, test_ds, output_dir, rec, vp, fe, training_overrides)
+    metrics = out.test_metrics or {k.replace("eval_", ""): v for k, v in out.eval_metrics.items()}
+    multi = bool(rec.get("multi_label"))
+    views = f"{rec['test_clips']} clips x {rec['test_crops']} crops" if out.test_metrics else "1 clip"
+    cfg = f"split{split}" if dataset != "folder" else None
+    dname = DATASET_NAMES.get(dataset, dataset)
+    results = ([MeasuredResult(dataset, dname, "map", f"mAP (fine-tuning, {views})", metrics["mAP"], "test", cfg)]
+               if multi else
+               [MeasuredResult(dataset, dname, "accuracy", f"Top-1 accuracy (fine-tuning, {views})", metrics["top1"],
+                               "test", cfg),
+                MeasuredResult(dataset, dname, "accuracy", f"Top-5 accuracy (fine-tuning, {views})", metrics["top5"],
+                               "test", cfg)])
+    details = {k: v for k, v in rec.items() if k not in ("modality",)}
+    if training_overrides:
+        details.update({f"override {k}": v for k, v in training_overrides.items()})
+    summary = {"recipe": recipe_name, "train_loss": out.train_loss, "eval": out.eval_metrics,
+               "test": out.test_metrics}
+    (Path(output_dir) / "finetune_results.json").write_text(json.dumps(summary, indent=2, default=float))
+    _finish_folder(output_dir, modality, results, pretrained, [dataset] if dataset != "folder" else None,
+                   "fine-tuning", details, push_to_hub, base_model, f"xkd-{modality}-{dataset}-finetuned")
+    return summary

@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Linear evaluation of a frozen XKD checkpoint: linear SVM cost sweep (default) or FC probe.
+
+    python training/linear_eval.py --checkpoint CKPT --dataset ucf101 --data-root UCF-101 \
+        --split-dir ucfTrainTestlist --split 1 --modality video --cache-dir feats/ [--output-dir out/] \
+        [--push-to-hub user/xkd-ucf101-svm]
+
+--dataset: folder (DATA_ROOT/train/<class>/clip and DATA_ROOT/test/<class>/clip), ucf101, hmdb51 (SPLIT_DIR holds
+the *_test_split<N>.txt files), esc50 (DATA_ROOT/meta/esc50.csv; --split is the test fold). Features are cached in
+--cache-dir (keyed by checkpoint, file list, protocol and processors), so re-runs skip extraction. --output-dir
+receives the results JSON and, for single-modality runs, the encoder + linear head as a pipeline-ready
+classifier folder with a model card; --push-to-hub uploads that folder.
+Exit codes: 0 done, 2 bad arguments or missing files (a report lists them).
+"""
+
+import argparse
+import sys
+
+from transformers_xkd.downstream.datasets import MissingMediaError, SplitFileError
+from transformers_xkd.downstream.runner import run_linear_eval
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="XKD folder (pretraining, XKDModel, tower or classifier)")
+    p.add_argument("--dataset", required=True, choices=["folder", "ucf101", "hmdb51", "esc50"])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--test-root", default=None, help="folder dataset: test folder (default DATA_ROOT/test)")
+    p.add_argument("--split-dir", default=None, help="folder of the official split lists")
+    p.add_argument("--split", type=int, default=1, help="official split (UCF/HMDB 1-3) or ESC-50 test fold (1-5)")
+    p.add_argument("--modality", default="video", choices=["video", "audio", "audio_visual"])
+    p.add_argument("--protocol", default=None, help="clip-count preset: ucf101, hmdb51, kinetics400, esc50, "
+                   "kinetics_sound (default: the dataset name)")
+    p.add_argument("--classifier", default="svm", choices=["svm", "fc"])
+    p.add_argument("--costs", type=float, nargs="*", default=None, help="SVM costs (default: released sweep)")
+    p.add_argument("--train-clips", type=int, default=None)
+    p.add_argument("--test-clips", type=int, default=None)
+    p.add_argument("--probe-epochs", type=int, default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
+    p.add_argument("--base-model", default=None, help="Hub id of the pretrained checkpoint, for the card")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--allow-missing", action="store_true", help="skip split entries whose file is missing")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.push_to_hub and not args.output_dir:
+        p.error("--push-to-hub needs --output-dir (the folder that is pushed)")
+    try:
+        run_linear_eval(
+            args.checkpoint, args.dataset, args.data_root, args.modality, args.split_dir, args.split, args.protocol,
+            args.classifier, args.costs, args.train_clips, args.test_clips, args.cache_dir, args.output_dir,
+            args.push_to_hub, args.base_model, args.batch_size, args.device, args.allow_missing, args.probe_epochs,
+            args.seed, test_root=args.test_root,
+        )
+    except (MissingMediaError, SplitFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
