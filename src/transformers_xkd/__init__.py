@@ -74,4 +74,57 @@ def _register() -> None:
 _register()
 
 # --- media registration (media helper) ---
+from .decoding_xkd import (  # noqa: E402
+    DecodedMedia,
+    MediaDecodingError,
+    MediaInfo,
+    MediaNotFoundError,
+    MediaReader,
+    decode_clips,
+    decode_media,
+    load_audio,
+)
+from .feature_extraction_xkd import XKDFeatureExtractor  # noqa: E402
+from .processing_xkd import XKDProcessor  # noqa: E402
+from .video_processing_xkd import XKDVideoProcessor  # noqa: E402
+
+__all__ += [
+    "XKDFeatureExtractor",
+    "XKDVideoProcessor",
+    "XKDProcessor",
+    "MediaReader",
+    "MediaInfo",
+    "DecodedMedia",
+    "MediaDecodingError",
+    "MediaNotFoundError",
+    "decode_media",
+    "decode_clips",
+    "load_audio",
+]
+
+
+def _register_media() -> None:
+    from transformers import AutoFeatureExtractor, AutoProcessor
+
+    # `transformers.AutoVideoProcessor` is a dummy without torchvision, but the class in its module works, and the
+    # video-classification pipeline loads its video processor through it (default backend key "torchvision"; our
+    # processor needs no torchvision, so it is registered under both keys).
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+
+    for config_class in (XKDVideoConfig, XKDConfig):
+        AutoVideoProcessor.register(
+            config_class,
+            video_processor_classes={"torchvision": XKDVideoProcessor, "pil": XKDVideoProcessor},
+            exist_ok=True,
+        )
+    for config_class in (XKDAudioConfig, XKDConfig):
+        AutoFeatureExtractor.register(config_class, XKDFeatureExtractor, exist_ok=True)
+    AutoProcessor.register(XKDConfig, XKDProcessor, exist_ok=True)
+    # Saved folders carry the processing code (auto_map + copied modules) for trust_remote_code loading.
+    XKDFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+    XKDVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+    XKDProcessor.register_for_auto_class("AutoProcessor")
+
+
+_register_media()
 # --- end media registration ---
