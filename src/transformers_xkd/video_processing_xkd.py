@@ -103,6 +103,14 @@ class XKDVideoProcessor(VideoProcessorMixin):
         image_std: tuple | list | None = None,
         **kwargs,
     ):
+        if "feature_extractor_type" in kwargs:
+            # transformers falls back to preprocessor_config.json when a folder has no video processor config;
+            # that file then holds the audio feature extractor's settings, which must not configure the frames.
+            raise ValueError(
+                "XKDVideoProcessor was given an audio feature extractor's config "
+                f"({kwargs['feature_extractor_type']}): this folder has no video_preprocessor_config.json. Save one "
+                "with XKDVideoProcessor(...).save_pretrained(folder) or build the processor directly."
+            )
         for key in ("video_processor_type", "image_processor_type", "processor_class"):
             kwargs.pop(key, None)
         super().__init__(**kwargs)
