@@ -84,7 +84,7 @@ def suite_settings(suite: str, smoke: bool) -> dict:
             encoder_size="base", batches=(1, 8), dtypes=("fp32", "bf16"), attn=("sdpa", "eager"),
             # batch 8 (11-40 s a call here) takes no separate warm-up: fp32 linears go to MKL gemm with no
             # per-shape setup, and the median of three absorbs the first call's oneDNN primitive creation.
-            warmup={1: 1, 8: 0}, repeats={1: 4, 8: 3}, pretrain_size="cpu-reduced", pretrain_batch=2,
+            warmup={1: 1, 8: 0}, repeats={1: 5, 8: 4}, pretrain_size="cpu-reduced", pretrain_batch=2,
             pretrain_warmup=1, pretrain_repeats=4, logmel_batches=(1, 64), logmel_repeats=5, data_clips=3, data_seconds=None,
             synth_clips=2, synth_size=(854, 480), synth_seconds=10.0,
         )
@@ -582,8 +582,8 @@ def bench_pretraining(settings: dict, device: torch.device, suite: str, args, lo
     batch_size = settings["pretrain_batch"]
     cfg = pretraining_config(size, attn)
     batch = pretraining_batch(cfg, batch_size, device)
-    # Fused AdamW on CUDA (one kernel for all parameters); the CPU keeps torch's default (foreach).
-    fused = True if device.type == "cuda" else None
+    # Fused AdamW (one kernel for all parameters) on CUDA and on the CPU, as the trainer uses it.
+    fused = True if device.type in ("cuda", "cpu") else None
     variants = ["full", "mae", "full_ckpt"]
     cuda_memory = {}
     if device.type == "cuda":
@@ -716,7 +716,10 @@ def bench_log_mel(settings: dict, log) -> dict:
     from transformers_xkd import feature_extraction_xkd
     from transformers_xkd.feature_extraction_xkd import XKDFeatureExtractor
 
-    fe = XKDFeatureExtractor()
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn (the train extra)
+
+    fe = XKDFeatureExtractor()  # compute_dtype="mixed", the default
+    fe32 = XKDFeatureExtractor(compute_dtype="float32")
     mel_basis = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=80, fmin=0.0, fmax=8000.0)  # built once, as released
     device = torch.device("cpu")
     rows = []
@@ -735,19 +738,29 @@ def bench_log_mel(settings: dict, log) -> dict:
             finally:
                 torch.set_num_threads(threads)
 
-        def released():  # one clip at a time, as the released dataset's __getitem__ does
-            for w in wave_list:
-                librosa_recipe(w, mel_basis)
+        def ours_float32():  # compute_dtype="float32": no float64 guard (training speed, up to ~1e-3 off)
+            fe32(wave_list, sampling_rate=16000, return_tensors="pt")
 
-        stats = time_interleaved({"xkd": ours, "xkd_1_thread": ours_1_thread, "librosa": released}, 1,
-                                 settings["logmel_repeats"], device)
+        def released():  # one clip at a time, as the released dataset's __getitem__ does
+            # numpy's BLAS gets the same number of threads as torch: idle BLAS threads spinning on a busy core
+            # made the baseline 2-4x slower in some runs, which would flatter the speed-up.
+            with threadpool_limits(limits=threads):
+                for w in wave_list:
+                    librosa_recipe(w, mel_basis)
+
+        stats = time_interleaved({"xkd": ours, "xkd_1_thread": ours_1_thread, "xkd_float32": ours_float32,
+                                  "librosa": released}, 1, settings["logmel_repeats"], device)
         a = fe(wave_list, sampling_rate=16000, return_tensors="pt")["input_values"].numpy()
         b = np.stack([librosa_recipe(w, mel_basis) for w in wave_list])
         diff = float(np.abs(a - b).max())
+        a32 = fe32(wave_list, sampling_rate=16000, return_tensors="pt")["input_values"].numpy()
         row = dict(batch=batch, xkd=stats["xkd"], xkd_1_thread=stats["xkd_1_thread"], librosa=stats["librosa"],
+                   xkd_float32=stats["xkd_float32"],
                    speedup=stats["librosa"]["median_s"] / stats["xkd"]["median_s"],
                    speedup_1_thread=stats["librosa"]["median_s"] / stats["xkd_1_thread"]["median_s"],
-                   max_abs_diff=diff, output_shape=list(a.shape), torch_threads=threads)
+                   speedup_float32=stats["librosa"]["median_s"] / stats["xkd_float32"]["median_s"],
+                   max_abs_diff=diff, max_abs_diff_float32=float(np.abs(a32 - b).max()),
+                   output_shape=list(a.shape), torch_threads=threads, compute_dtype=fe.compute_dtype)
         rows.append(row)
         log(f"  log-mel b{batch}: XKD {stats['xkd']['median_s'] * 1e3:.1f} ms ({threads} threads), "
             f"1 thread {stats['xkd_1_thread']['median_s'] * 1e3:.1f} ms, librosa {stats['librosa']['median_s'] * 1e3:.1f} ms "
@@ -763,7 +776,9 @@ def bench_log_mel(settings: dict, log) -> dict:
 
 def synthesize_clip(path: Path, width: int, height: int, seconds: float, fps: int = 30, seed: int = 0) -> None:
     """Write an h264 + AAC test clip with moving content (static frames would compress to nothing and decode
-    unrealistically fast)."""
+    unrealistically fast). The video bitrate is capped at 1.5 Mbit/s, about what YouTube serves at 480p (the
+    uncapped noise texture came out at ~14 Mbit/s, ten times a real clip); x264's default GOP (up to 250 frames)
+    is kept, so a random 4 s window usually needs several seconds of decoding from the previous key frame."""
     import av
 
     rng = np.random.default_rng(seed)
@@ -771,7 +786,7 @@ def synthesize_clip(path: Path, width: int, height: int, seconds: float, fps: in
     with av.open(str(path), mode="w") as container:
         video = container.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = {"preset": "veryfast", "crf": "23"}
+        video.options = {"preset": "veryfast", "crf": "23", "maxrate": "1500k", "bufsize": "3000k"}
         audio = container.add_stream("aac", rate=44100)
         audio.layout = "stereo"
         n_frames = int(seconds * fps)
@@ -1013,6 +1028,11 @@ def markdown_report(res: dict) -> str:
                  f"load average before/after {env['load_before']} / {env['load_after']}. Medians after warm-up; "
                  "spread = min-max. Generated by `benchmarks/run.py`" + (" (SMOKE: tiny sizes, not speeds)" if
                                                                          res["smoke"] else "") + ".")
+    runs = res.get("section_runs") or {}
+    if len({r.get("created") for r in runs.values()}) > 1:  # merged from several runs (--merge)
+        lines.append("Sections measured in separate runs: " + "; ".join(
+            f"{name} at {r.get('created')} (load {r.get('load_before')} -> {r.get('load_after')})"
+            for name, r in runs.items()) + ".")
     lines.append("")
     enc = res.get("encoder_inference")
     if enc:
@@ -1061,12 +1081,17 @@ def markdown_report(res: dict) -> str:
     lm = res.get("log_mel")
     if lm:
         lines += ["## Log-mel extraction (4 s, 16 kHz -> 448 x 80)", "",
-                  "| batch | XKDFeatureExtractor ms | (1 thread) | librosa recipe ms | speed-up | max abs diff |",
-                  "|---|---|---|---|---|---|"]
+                  "Default `compute_dtype=\"mixed\"` (float32 STFT, frames that could miss the 1e-4 parity redone in "
+                  "float64); `float32` skips that guard (training speed; up to ~1e-3 off on loud pure tones). The "
+                  "librosa recipe runs with numpy's BLAS limited to the same thread count.", "",
+                  "| batch | XKD ms (mixed) | (1 thread) | XKD float32 ms | librosa recipe ms | speed-up mixed | "
+                  "speed-up float32 | max abs diff mixed / float32 |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in lm["results"]:
             lines.append(f"| {r['batch']} | {fmt_ms(r['xkd']['median_s'])} | {fmt_ms(r['xkd_1_thread']['median_s'])} "
-                         f"| {fmt_ms(r['librosa']['median_s'])} | {r['speedup']:.2f}x "
-                         f"({r['speedup_1_thread']:.2f}x on 1 thread) | {r['max_abs_diff']:.1e} |")
+                         f"| {fmt_ms(r['xkd_float32']['median_s'])} | {fmt_ms(r['librosa']['median_s'])} "
+                         f"| {r['speedup']:.2f}x ({r['speedup_1_thread']:.2f}x on 1 thread) "
+                         f"| {r['speedup_float32']:.2f}x | {r['max_abs_diff']:.1e} / {r['max_abs_diff_float32']:.1e} |")
         lines.append("")
     dp = res.get("data_path")
     if dp:
@@ -1143,6 +1168,8 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--compile", action="store_true", help="torch.compile the pretraining model")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the sections of an existing results file that this run does not measure")
     # internal: one memory measurement in a fresh process
     p.add_argument("--_child-memory", dest="child_memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="full", help=argparse.SUPPRESS)
@@ -1209,6 +1236,9 @@ def _main(args) -> dict | None:
         res["not_run"].append("GPU suite (no GPU on this machine): run `python benchmarks/run.py --suite gpu` "
                               "where one is available")
     timings = {}
+    section_keys = dict(encoder="encoder_inference", pretrain="pretraining_step", logmel="log_mel", data="data_path")
+    res["section_runs"] = {name: dict(created=res["created"], load_before=res["env"]["load_before"])
+                           for name in sections}
     if "encoder" in sections:
         t = time.perf_counter()
         res["encoder_inference"] = bench_encoders(settings, device, log)
@@ -1227,14 +1257,27 @@ def _main(args) -> dict | None:
         timings["data"] = time.perf_counter() - t
         if res["data_path"]["pipeline"] is None:
             res["not_run"].append("augmentation in the data path: " + res["data_path"]["augmentation_status"])
-    res["goals"] = evaluate_goals(res)
     res["env"]["load_after"] = load_average()
+    for name in sections:
+        res["section_runs"][name]["load_after"] = res["env"]["load_after"]
     res["section_seconds"] = timings
     res["total_seconds"] = time.perf_counter() - start
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{args.suite}-{res['device']}" + ("-smoke" if args.smoke else "")
+    previous_path = out_dir / f"{stem}.json"
+    if args.merge and previous_path.exists():
+        # Sections measured in an earlier run are kept with the time and load of that run (section_runs).
+        previous = json.loads(previous_path.read_text())
+        for name, key in section_keys.items():
+            if name not in sections and key in previous:
+                res[key] = previous[key]
+                res["section_runs"][name] = previous.get("section_runs", {}).get(
+                    name, dict(created=previous.get("created"), load_before=previous.get("env", {}).get("load_before"),
+                               load_after=previous.get("env", {}).get("load_after")))
+                res["section_seconds"][name] = previous.get("section_seconds", {}).get(name)
+    res["goals"] = evaluate_goals(res)
     (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
     (out_dir / f"{stem}.md").write_text(markdown_report(res))
     res["plot"] = write_plot(res, out_dir / f"{stem}.png")

@@ -204,6 +204,117 @@ def test_no_open_files_leak(media):
     assert len(os.listdir(fd_dir)) <= before
 
 
+def _write_h264(path, seconds=4.0, fps=25, x264="bframes=3:b-adapt=0:keyint=25:min-keyint=25:scenecut=0",
+                audio=True, size=(64, 48)):
+    """An h264 (+ AAC, interleaved) clip with B-frames and an IDR frame every second; every frame differs."""
+    width, height = size
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps, options={"x264-params": x264})
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        aus = out.add_stream("aac", rate=48000, layout="stereo") if audio else None
+        n, sent = int(round(seconds * fps)), 0
+        for i in range(n):
+            rgb = moving_square_frame(i, n, width, height)
+            rgb[..., 2] = (i * 9) % 256  # a different blue level per frame: a wrong pick shows
+            for p in vs.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(p)
+            while aus is not None and sent < (i + 1) / fps * 48000:
+                t = (np.arange(1024) + sent) / 48000
+                wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+                frame = av.AudioFrame.from_ndarray(np.stack([wave, 0.5 * wave]), format="fltp", layout="stereo")
+                frame.sample_rate, frame.pts = 48000, sent
+                frame.time_base = fractions.Fraction(1, 48000)
+                for p in aus.encode(frame):
+                    out.mux(p)
+                sent += 1024
+        for stream in (vs, aus):
+            for p in (stream.encode() if stream is not None else []):
+                out.mux(p)
+    return path
+
+
+def _same_decoding(a, b) -> bool:
+    return (
+        np.array_equal(a.frames, b.frames)
+        and np.array_equal(a.source_frame_times, b.source_frame_times, equal_nan=True)
+        and a.num_padded_frames == b.num_padded_frames
+        and ((a.audio is None and b.audio is None) or np.array_equal(a.audio, b.audio))
+        and a.num_padded_samples == b.num_padded_samples
+    )
+
+
+def _windows(duration):
+    starts = [0.0, 0.5, 1.0, 1.01, 1.3, 2.04, duration - 4.0, duration - 1.0, duration + 0.5]
+    return [(s, fps, length) for s in starts for fps, length in ((8.0, 4.0), (8.0, 1.0), (30.0, 1.5))]
+
+
+def test_skipping_unneeded_h264_frames_changes_nothing(tmp_path):
+    """The fast path (non-reference frames no requested time shows are not decoded; decoding starts at the last IDR
+    frame before the window) returns exactly the frames, times, padding and audio of a full decode."""
+    path = _write_h264(tmp_path / "bframes.mp4", seconds=6.0)
+    nonref = pruned = 0
+    for start, fps, length in _windows(6.0):
+        times = max(start, 0.0) + np.arange(int(length * fps)) / fps
+        window = (max(start, 0.0), max(start, 0.0) + length)
+        with MediaReader(path) as r:
+            fast = r.read(frame_times=times, audio_window=window)
+        with MediaReader(path, skip_unneeded_frames=False) as r:
+            full = r.read(frame_times=times, audio_window=window)
+        assert _same_decoding(fast, full), (start, fps, length)
+        assert not fast.extra.get("decode_restarted")
+        assert full.extra["nonref_packets"] == full.extra["pruned_packets"] == 0
+        nonref += fast.extra["nonref_packets"]
+        pruned += fast.extra["pruned_packets"]
+    assert nonref > 100 and pruned > 0  # the fast path really ran
+    # the frame on the 8 fps grid is the native frame shown then (blue level 9 * index)
+    with MediaReader(path) as r:
+        out = r.read(frame_times=2.0 + np.arange(16) / 8)
+    native = np.floor((2.0 + np.arange(16) / 8) * 25 + 1e-6).astype(int)
+    assert np.abs(out.frames[:, 0, 0, 2].astype(int) - (native * 9) % 256).max() <= 3
+
+
+@pytest.mark.parametrize("x264", ["bframes=8:b-adapt=2:b-pyramid=normal:keyint=40", "bframes=3:open-gop=1:keyint=30",
+                                  "bframes=0:keyint=20:ref=3"])
+def test_skipping_matches_full_decode_for_other_gop_layouts(tmp_path, x264):
+    path = _write_h264(tmp_path / "gop.mkv", seconds=5.0, fps=30, x264=x264, audio=False)
+    for start in (0.0, 0.9, 1.45, 2.2, 4.5):
+        times = start + np.arange(24) / 8
+        with MediaReader(path) as r:
+            fast = r.read(frame_times=times)
+        with MediaReader(path, skip_unneeded_frames=False) as r:
+            full = r.read(frame_times=times)
+        assert _same_decoding(fast, full), (x264, start)
+
+
+def test_a_restart_without_skipping_and_a_second_read_decode_the_same(tmp_path, monkeypatch):
+    from transformers_xkd import decoding_xkd
+
+    path = _write_h264(tmp_path / "restart.mp4", seconds=3.0)
+    times, window = 1.2 + np.arange(8) / 8, (1.2, 2.2)
+    with MediaReader(path, skip_unneeded_frames=False) as r:
+        full = r.read(frame_times=times, audio_window=window)
+    with MediaReader(path) as r:  # the same reader twice: each read decodes as on a fresh open
+        assert _same_decoding(r.read(frame_times=times, audio_window=window), full)
+        assert _same_decoding(r.read(frame_times=times, audio_window=window), full)
+    original = MediaReader._read_pass
+
+    def unsafe_once(self, *args):
+        if args[-1]:  # the skipping pass: pretend the stream broke an assumption after skipping
+            original(self, *args)
+            raise decoding_xkd._RestartWithoutSkipping()
+        return original(self, *args)
+
+    monkeypatch.setattr(MediaReader, "_read_pass", unsafe_once)
+    with open(path, "rb") as f:  # a file object is opened again from where it was
+        out = MediaReader(f).read(frame_times=times, audio_window=window)
+    assert out.extra["decode_restarted"] and _same_decoding(out, full)
+
+
+def test_no_skipping_where_time_stamps_are_made_up(media):
+    with MediaReader(media["avi"]) as r:  # AVI stores no presentation times; mpeg4 is not skipped anyway
+        assert r.read(frame_times=np.arange(8) / 8).extra["nonref_packets"] == 0
+
+
 # ---- real clips (XKD_REAL_MEDIA) ------------------------------------------------------------------------------
 def test_real_megamind_skips_its_bad_ac3_packet(real_media):
     out = decode_media(real_media / "video" / "Megamind.avi", duration=2.0)
@@ -222,3 +333,17 @@ def test_real_files_decode_with_durations(real_media):
     for name in ("audio/cate_blanch.mp3", "audio/cantina.wav", "audio/digits/0.wav", "video/b.avi"):
         wave = load_audio(real_media / name)
         assert wave.ndim == 1 and wave.size > 8000 and np.isfinite(wave).all()
+
+
+def test_real_h264_files_decode_the_same_with_skipping(real_media):
+    for name in ("b.mp4", "world.mp4"):
+        path = real_media / "video" / name
+        with MediaReader(path) as r:
+            duration = min(r.info.video_duration, r.info.audio_duration)
+        for start in np.linspace(0.0, duration - 4.0, 4):
+            times, window = start + np.arange(32) / 8, (start, start + 4.0)
+            with MediaReader(path) as r:
+                fast = r.read(frame_times=times, audio_window=window)
+            with MediaReader(path, skip_unneeded_frames=False) as r:
+                full = r.read(frame_times=times, audio_window=window)
+            assert _same_decoding(fast, full), (name, start)

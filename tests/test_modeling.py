@@ -184,6 +184,29 @@ def test_audio_tokens_are_frequency_major(tiny_audio_config):
     torch.testing.assert_close(tokens, manual, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("modality", ["video", "audio"])
+def test_matmul_patch_embedding_equals_the_convolution(tiny_video_config, tiny_audio_config, modality):
+    """The fast path (patchify + matmul on the conv weight) is the convolution: outputs, grid and weight grads."""
+    torch.manual_seed(0)
+    if modality == "video":
+        embed = XKDVideoModel(tiny_video_config).embeddings.patch_embeddings
+        x = video_input(tiny_video_config)
+    else:
+        embed = XKDAudioModel(tiny_audio_config).embeddings.patch_embeddings
+        x = audio_input(tiny_audio_config)
+    fast, fast_grid = embed(x)
+    ref, ref_grid = embed.conv_forward(x)
+    assert tuple(fast_grid) == tuple(ref_grid)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), embed.projection.weight)
+    (grad_ref,) = torch.autograd.grad(ref.square().sum(), embed.projection.weight)
+    torch.testing.assert_close(grad_fast, grad_ref, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # bf16: same map, bf16 rounding only
+        fast16, _ = embed.to(torch.bfloat16)(x.to(torch.bfloat16))
+        ref16, _ = embed.conv_forward(x.to(torch.bfloat16))
+    torch.testing.assert_close(fast16.float(), ref16.float(), atol=5e-2, rtol=5e-2)
+
+
 @pytest.mark.parametrize("attn", ["eager", "flex_attention"])
 def test_sdpa_matches_other_attention_kernels(tiny_video_config, attn):
     torch.manual_seed(0)
@@ -282,6 +305,8 @@ def test_bad_audio_inputs_name_the_input(tiny_audio_config):
         model(torch.randn(2, 64, 20))
     with pytest.raises(ValueError, match="60 time frames, which is not divisible by the time patch size 16"):
         model(x[:, :60])
+    huge = torch.full_like(x, 3e38)  # finite, but its sum overflows: the cheap check must not raise on it
+    assert model(huge).last_hidden_state.shape[0] == 2
     x[1, 3, 3] = float("inf")
     with pytest.raises(ValueError, match="`input_values` contains NaN or infinite values"):
         model(x)

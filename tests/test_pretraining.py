@@ -227,6 +227,48 @@ def test_dataset_sample_shapes_and_determinism(media):
     assert not torch.equal(sample["input_values"], other_epoch["input_values"])  # new volume jitter / window
 
 
+def _test_frames(t, h, w, seed=0):
+    """Smooth gradients + moving edges + noise: every kind of content the resize filter sees."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    frames = np.empty((t, h, w, 3), np.uint8)
+    for i in range(t):
+        base = np.stack([xx * 255 / w, yy * 255 / h, ((xx + 3 * i) % 40 < 20) * 255.0], axis=-1)
+        frames[i] = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+    return frames
+
+
+@pytest.mark.parametrize("size", [(270, 480), (528, 720), (480, 854), (143, 175), (200, 96), (64, 48), (112, 150)])
+def test_resize_short_side_uint8_path_is_within_one_grey_level_of_float(size):
+    from transformers_xkd.pretraining.data import resize_short_side
+
+    h, w = size
+    frames = _test_frames(4, h, w, seed=h)
+    fast = resize_short_side(frames, 112)
+    reference = resize_short_side(frames, 112, exact_float=True)
+    assert fast.dtype == torch.uint8 and fast.shape == reference.shape and fast.is_contiguous()
+    assert min(fast.shape[-2:]) == 112 and fast.shape[:2] == (4, 3)
+    assert (fast.int() - reference.int()).abs().max().item() <= 1
+    # the float reference is a plain torch computation: bilinear, antialiased, rounded once
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=tuple(reference.shape[-2:]), mode="bilinear",
+        align_corners=False, antialias=True,
+    ).round().clamp(0, 255).to(torch.uint8)
+    assert torch.equal(reference, expected)
+
+
+def test_resize_short_side_matches_pil_bilinear_like_the_released_code():
+    pil = pytest.importorskip("PIL.Image")
+    from transformers_xkd.pretraining.data import resize_short_side
+
+    frames = _test_frames(2, 270, 480, seed=7)
+    fast = resize_short_side(frames, 112)
+    h, w = fast.shape[-2:]
+    released = np.stack([np.asarray(pil.fromarray(f).resize((w, h), pil.BILINEAR)) for f in frames])
+    diff = np.abs(fast.permute(0, 2, 3, 1).numpy().astype(int) - released.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
 def test_released_audio_sizes():
     config = load_config(str(REPO / "training" / "configs" / "xkd.yaml"))
     _, model_config, settings = tiny_settings(config)
@@ -455,6 +497,27 @@ def test_nonfinite_loss_stops_then_resume_gives_the_same_parameters(straight_run
     opt_b = torch.load(out / "checkpoints" / "step-00000004" / "optimizer.bin", weights_only=True)
     for key, value in opt_a["state"].items():
         assert torch.equal(value["exp_avg"], opt_b["state"][key]["exp_avg"])
+
+
+def test_compiled_model_trains_to_the_same_parameters(straight_run, media, tmp_path):
+    """train.compile traces the model with TorchDynamo ("eager" backend: the captured graph runs the same kernels;
+    inductor would take minutes to compile here). Same trajectory up to float round-off: one run in several
+    differed in the last bits, so the check is a tight tolerance, far below what a skipped EMA or center update
+    would change."""
+    straight, _ = straight_run
+    out = tmp_path / "compiled"
+    result = _run([PYTHON, *_pretrain_args(media, out, "--max-steps", str(STEPS),
+                                           "--set", "checkpoint.every_steps=2", "train.compile=eager")])
+    assert result.returncode == 0, result.stderr[-5000:]
+    a = _tensors(straight / "pretraining" / "model.safetensors")
+    b = _tensors(out / "pretraining" / "model.safetensors")
+    assert a.keys() == b.keys()  # in-place compile: no "_orig_mod." prefixes in what is saved
+    different = [k for k in a if not torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6)]
+    assert not different, f"{len(different)} tensors differ with train.compile, e.g. {different[:5]}"
+
+    bad = _run([PYTHON, *_pretrain_args(media, tmp_path / "bad", "--max-steps", "1", "--set",
+                                        "train.compile=no_such_backend")])
+    assert bad.returncode != 0 and "train.compile" in bad.stderr and "no_such_backend" in bad.stderr
 
 
 def test_two_processes_end_with_identical_teachers_and_centers(media, tmp_path):

@@ -7,7 +7,9 @@ reproduces that with no torchvision, torchaudio, torchcodec or ffmpeg program:
 * :class:`MediaReader` opens a path, ``bytes`` or a binary file object once (a context manager that always closes
   the container), reports the streams (:class:`MediaInfo`) and decodes a time window in a single demux pass:
   video frames are chosen by presentation time (so variable frame rates work), audio frames are resampled to
-  ``sampling_rate`` and averaged to mono, and single undecodable packets are skipped and counted.
+  ``sampling_rate`` and averaged to mono, and single undecodable packets are skipped and counted. For H.264 it
+  decodes only what the chosen frames need (no non-reference frame that no requested time shows, nothing before
+  the last IDR frame ahead of the window), which returns the same frames as decoding every frame (tested).
 * :func:`decode_media` decodes one window; :func:`decode_clips` plans ``num_clips`` uniformly spaced windows from
   the file's duration and decodes them with the same open container; :func:`load_audio` returns a mono waveform.
 * Every failure a user can cause (missing, empty, truncated or non-media file; no video or audio stream where one
@@ -18,6 +20,8 @@ Only relative imports between package modules are used here, so the file can be 
 
 from __future__ import annotations
 
+import bisect
+import collections
 import fractions
 import io
 import math
@@ -46,6 +50,28 @@ _TIME_TOLERANCE = 1e-4
 _SEEK_MARGIN_S = 1.0
 # A file where more packets than this fail to decode (and nothing decodes) is reported as broken.
 _MAX_CONSECUTIVE_BAD_PACKETS = 200
+# Codecs whose non-reference frames `MediaReader.read` may leave undecoded when no requested time shows them:
+# H.264 marks them (nal_ref_idc == 0) and FFmpeg's AVDISCARD_NONREF drops exactly those; containers store their
+# presentation time stamps. (MPEG-4 part 2 in AVI is left out on purpose: its "packed B-frames" come out of the
+# decoder with shuffled time stamps, which the frame choice must see as they are.)
+_SKIP_NONREF_CODECS = frozenset({"h264"})
+# Containers without stored presentation times (FFmpeg makes them up from the decode order): no skipping there.
+_UNTIMED_FORMATS = frozenset({"avi"})
+# Video packets held back before decoding when skipping, so that the time stamps of the next few packets are known
+# when deciding whether a frame is needed (B-frames arrive after the later frames they are predicted from).
+_SKIP_LOOKAHEAD = 8
+
+
+# Decoded audio frames resampled together (fewer calls into PyAV; the samples are the same).
+_AUDIO_BATCH_FRAMES = 32
+# At most this many packets / bytes are held before the window (then decoding starts at the last IDR frame seen so
+# far), which bounds the memory for very long key-frame intervals.
+_MAX_HELD_PACKETS = 3000
+_MAX_HELD_BYTES = 64 << 20
+
+
+class _RestartWithoutSkipping(Exception):
+    """A stream broke an assumption of frame skipping after a frame was skipped: the window is decoded again."""
 
 
 class MediaDecodingError(ValueError):
@@ -129,6 +155,10 @@ class DecodedMedia:
         num_padded_samples (`int`): how many of the ``S`` samples are padding.
         skipped_packets (`int`): packets that failed to decode and were skipped.
         info (`MediaInfo`): stream description.
+        extra (`dict`): how the window was decoded (see :meth:`MediaReader.read`): ``nonref_packets`` (video
+            packets handed to the decoder with permission to drop them if they are non-reference frames),
+            ``pruned_packets`` (video packets before the last IDR frame ahead of the window, not decoded) and
+            ``decode_restarted`` (present and ``True`` when the window was decoded a second time in full).
     """
 
     frames: np.ndarray | None
@@ -189,17 +219,28 @@ class MediaReader:
     Args:
         source: a path (``str``/``os.PathLike``), ``bytes`` or a readable binary file object (seekable is best:
             files whose index sits at the end, "moov at end" mp4, need seeking).
+        skip_unneeded_frames (`bool`): let :meth:`read` leave undecoded the H.264 non-reference frames that no
+            requested time shows (see :meth:`read`; the frames returned are the same). ``False`` decodes every frame.
+        threads (`int`, *optional*): video decoder threads; ``None`` lets FFmpeg start one per CPU of the process's
+            affinity mask. A DataLoader worker (one of many processes) is best served by 1.
 
     Raises:
         MediaNotFoundError: the path does not exist.
         MediaDecodingError: empty file, not a media file, truncated container or PyAV missing.
     """
 
-    def __init__(self, source: MediaSource):
+    def __init__(self, source: MediaSource, skip_unneeded_frames: bool = True, threads: int | None = None):
         self.name = describe_source(source)
+        self.skip_unneeded_frames = bool(skip_unneeded_frames)
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be None or a positive number of decoder threads, got {threads}")
+        self.threads = None if threads is None else int(threads)
         if av is None:  # pragma: no cover
             raise MediaDecodingError(self.name, "PyAV (`pip install av`) is required to decode media files")
         self._own_file = None
+        self._start_position = None  # where a file object was when given (to open it again)
+        self._reopenable = True
+        self._used = False
         if isinstance(source, (str, os.PathLike)):
             path = os.fspath(source)
             if not os.path.exists(path):
@@ -214,27 +255,49 @@ class MediaReader:
                 raise MediaDecodingError(self.name, "the byte string is empty")
             self._own_file = io.BytesIO(bytes(source))
             target = self._own_file
+            self._start_position = 0
         elif hasattr(source, "read"):
             target = source
+            try:
+                self._start_position = source.tell() if source.seekable() else None
+            except Exception:  # a pipe or a wrapper without seek support
+                self._start_position = None
+            self._reopenable = self._start_position is not None
         else:
             raise MediaDecodingError(
                 self.name, "expected a path, bytes or a binary file object, got " + type(source).__name__
             )
+        self._target = target
         try:
-            self.container = av.open(target, mode="r", metadata_errors="ignore")
+            self._open()
         except Exception as err:  # PyAV raises many FFmpegError subclasses (and OSError); name the input instead
             if self._own_file is not None:
                 self._own_file.close()
             raise MediaDecodingError(self.name, f"not a readable media file or truncated ({_short(err)})") from None
-        self.video_stream = self.container.streams.video[0] if self.container.streams.video else None
-        self.audio_stream = self.container.streams.audio[0] if self.container.streams.audio else None
         if self.video_stream is None and self.audio_stream is None:
             self.close()
             raise MediaDecodingError(self.name, "the file has no video or audio stream")
-        # Multi-threaded decoding of a 30 s h264 clip is ~2x faster on 2 cores; frames keep their order.
+        self.info = self._probe()
+
+    def _open(self) -> None:
+        self.container = av.open(self._target, mode="r", metadata_errors="ignore")
+        self.video_stream = self.container.streams.video[0] if self.container.streams.video else None
+        self.audio_stream = self.container.streams.audio[0] if self.container.streams.audio else None
+        # Multi-threaded decoding of a 30 s h264 clip is ~2x faster on 2 cores; frames keep their order. FFmpeg
+        # starts as many threads as the process's CPU affinity mask allows (one on a pinned DataLoader worker).
         if self.video_stream is not None:
             self.video_stream.thread_type = "AUTO"
-        self.info = self._probe()
+            if self.threads is not None:
+                self.video_stream.codec_context.thread_count = self.threads
+
+    def _reopen(self) -> None:
+        """Open the input again, so that a second :meth:`read` decodes exactly as the first one would have."""
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+        if self._start_position is not None:
+            self._target.seek(self._start_position)
+        self._open()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -295,6 +358,23 @@ class MediaReader:
     ) -> DecodedMedia:
         """Decode the frames shown at ``frame_times`` and the audio in ``audio_window`` in one demux pass.
 
+        The frame for a time ``t`` is the last native frame whose presentation time is at most ``t`` (plus a
+        1e-4 s tolerance for rounded time stamps); times before the first frame get the first frame, times past
+        the end the last one (counted in ``num_padded_frames``).
+
+        H.264 non-reference frames (``nal_ref_idc == 0``, typically the B-frames) that no requested time shows are
+        left undecoded when ``skip_unneeded_frames`` is set and the input can be opened again: the choice is made
+        from the packets' time stamps (a frame is skipped only when a later frame, seen within the next
+        ``_SKIP_LOOKAHEAD`` packets or before, takes over every requested time it could show, and never the first
+        frame after the seek nor a frame past the last requested time), and no other frame depends on a
+        non-reference frame, so the returned frames and times are unchanged. Likewise, decoding starts at the last
+        IDR frame at or before the first requested time when one follows the seek's key frame (an IDR frame starts
+        afresh: no later frame refers to an earlier one, and every earlier one is shown before it). If the decoder
+        then returns a frame whose time stamp is not a packet's, frames out of time order, or misses a frame it
+        should have returned, the window is decoded again without skipping. Only ``skipped_packets`` can differ
+        (a corrupt frame that is not decoded is not counted). Audio frames are resampled in batches through one
+        resampler, which gives the same samples as resampling them one by one.
+
         Args:
             frame_times (`np.ndarray` of shape `(T,)`, *optional*): times in seconds, measured from the start of the
                 file's time line (the first frame is at ~0). ``None`` skips video.
@@ -305,7 +385,6 @@ class MediaReader:
         Returns:
             `DecodedMedia`: frames `(T, H, W, 3)` uint8 and audio `(S,)` float32 (see its docstring).
         """
-        info = self.info
         if require_video and self.video_stream is None:
             raise MediaDecodingError(self.name, "the file has no video stream (it looks audio-only)")
         if require_audio and self.audio_stream is None:
@@ -316,7 +395,29 @@ class MediaReader:
             frame_times = np.asarray(frame_times, dtype=np.float64).reshape(-1)
             if frame_times.size and np.any(np.diff(frame_times) < 0):
                 raise ValueError("frame_times must be sorted in increasing order")
+        if self._used and self._reopenable:
+            self._reopen()  # a fresh demuxer and decoders: each read decodes as on a freshly opened input
+        self._used = True
+        skip = (
+            self.skip_unneeded_frames
+            and want_video
+            and frame_times.size > 0
+            and self._reopenable
+            and self.video_stream.codec_context.name in _SKIP_NONREF_CODECS
+            and self.info.container_format not in _UNTIMED_FORMATS
+        )
+        if skip:
+            try:
+                return self._read_pass(frame_times, audio_window, sampling_rate, want_video, want_audio, True)
+            except _RestartWithoutSkipping:
+                self._reopen()
+            out = self._read_pass(frame_times, audio_window, sampling_rate, want_video, want_audio, False)
+            out.extra["decode_restarted"] = True
+            return out
+        return self._read_pass(frame_times, audio_window, sampling_rate, want_video, want_audio, False)
 
+    def _read_pass(self, frame_times, audio_window, sampling_rate, want_video, want_audio, skip) -> DecodedMedia:
+        info = self.info
         # Times below are on the file's time line with the first stream starting at ~0.
         origin = min(
             [s for s, p in ((info.video_start, info.has_video), (info.audio_start, info.has_audio)) if p] or [0.0]
@@ -338,18 +439,50 @@ class MediaReader:
             self._seek(origin + window_start - _SEEK_MARGIN_S)
 
         # video state
-        chosen: list[np.ndarray | None] = [None] * (len(frame_times) if want_video else 0)
-        chosen_times = np.full(len(chosen), np.nan)
+        num_targets = len(frame_times) if want_video else 0
+        # The chosen frames are copied into one (T, H, W, 3) array as they are chosen (no list of frames kept alive
+        # and stacked at the end: that costs a second copy and fresh memory).
+        frames_out: np.ndarray | None = None
+        chosen_times = np.full(num_targets, np.nan)
         next_target = 0
         prev_frame = None  # (time, av.VideoFrame)
         prev_array = None
         last_frame_time = None
         frame_step = 1.0 / info.native_fps if info.native_fps else 0.0
         native_index = 0
-        video_done = not want_video or len(chosen) == 0
+        video_done = not want_video or num_targets == 0
+
+        # frame skipping state (see `read`)
+        codec_context = self.video_stream.codec_context if want_video else None
+        pending: collections.deque = collections.deque()  # (packet, time) held back, in decode order
+        seen_times: list[float] = []  # sorted times of the video packets demuxed so far
+        seen_pts: set = set()
+        full_pts: set = set()  # pts of the packets decoded without skipping: each must come back as a frame
+        output_pts: set = set()
+        first_decoded_time = None
+        skipped_any = False
+        nonref_packets = 0
+        pruned_packets = 0
+        # a frame at time p can show the targets with target + tolerance >= p (assign_until below)
+        target_limits = (frame_times + _TIME_TOLERANCE).tolist() if want_video else []
+        # Before the window, packets are held until one shows after the first target: decoding then starts at the
+        # last IDR frame at or before the first target instead of the seek's key frame (an IDR frame empties the
+        # decoder's references, so the frames after it decode the same; the ones before it are all shown before it).
+        nal_length_size = _h264_nal_length_size(codec_context) if skip else None
+        holding = nal_length_size is not None
+        idr_position = None  # index in `pending` of the last IDR frame at or before the first target
+        held_bytes = 0
+        if skip:
+            time_base = self.video_stream.time_base
+            tb_num, tb_den = time_base.numerator, time_base.denominator
 
         # audio state
         resampler = None
+        audio_batch: list = []  # decoded audio frames not yet resampled (resampled together: same output, faster)
+        batch_key = None
+        batch_input_samples = 0  # input samples decoded since the first audio frame
+        planar_chunks: list[np.ndarray] = []  # (channels, n) resampler outputs not yet averaged
+        planar_samples = 0
         audio_chunks: list[np.ndarray] = []
         audio_first_time = None
         audio_samples = 0
@@ -367,16 +500,175 @@ class MediaReader:
         def assign_until(limit_time: float | None):
             """Give the previous frame to every pending target strictly before ``limit_time`` (None = all)."""
             nonlocal next_target, prev_array
-            while next_target < len(chosen) and (
+            while next_target < num_targets and (
                 limit_time is None or frame_times[next_target] + _TIME_TOLERANCE < limit_time
             ):
                 if prev_frame is None:
                     return
                 if prev_array is None:
                     prev_array = to_array(prev_frame[1])
-                chosen[next_target] = prev_array
+                place(next_target, prev_array)
                 chosen_times[next_target] = prev_frame[0]
                 next_target += 1
+
+        def place(i: int, arr: np.ndarray) -> None:
+            nonlocal frames_out
+            if frames_out is None:
+                frames_out = np.empty((num_targets,) + arr.shape, np.uint8)
+            elif arr.shape != frames_out.shape[1:]:
+                raise MediaDecodingError(
+                    self.name, f"the frame size changes mid-stream ({frames_out.shape[1:3]} -> {arr.shape[:2]})"
+                )
+            frames_out[i] = arr
+
+        def next_frame_time(t: float) -> float:
+            """The time the frame after one at ``t`` is expected at: the next packet's when known, else one
+            native frame later (only a guess for converting early; a wrong guess costs time, never a frame)."""
+            if skip and seen_times:
+                j = bisect.bisect_right(seen_times, t)
+                if j < len(seen_times):
+                    return seen_times[j]
+            return t + frame_step
+
+        def average_channels():
+            nonlocal planar_chunks, planar_samples
+            if planar_chunks:
+                # one mean over many resampler outputs: the same float64 channel mean per sample, less overhead
+                block = planar_chunks[0] if len(planar_chunks) == 1 else np.concatenate(planar_chunks, axis=1)
+                audio_chunks.append(block.mean(axis=0, dtype=np.float64).astype(np.float32))
+                planar_chunks, planar_samples = [], 0
+
+        def add_audio(out) -> int:
+            nonlocal planar_samples
+            chunk = out.to_ndarray()
+            planar_chunks.append(chunk)
+            planar_samples += chunk.shape[1]
+            if planar_samples >= 1 << 16:
+                average_channels()
+            return chunk.shape[1]
+
+        def resample_batch():
+            """Resample the decoded audio frames held in ``audio_batch`` as one frame (FFmpeg's resampler gives
+            the same samples for the same input however it is cut into frames; a tested property)."""
+            nonlocal resampler, audio_samples
+            if not audio_batch:
+                return
+            batch = audio_batch[:]
+            audio_batch.clear()
+            frame = batch[0]
+            if len(batch) > 1:
+                try:
+                    fifo = av.AudioFifo()  # joins the frames in C; the resampler ignores time stamps
+                    for f in batch:
+                        f.pts = None  # the FIFO would check that they are contiguous
+                        fifo.write(f)
+                    frame = fifo.read()
+                except Exception:  # pragma: no cover - a sample format the FIFO refuses: one frame at a time
+                    frame = None
+            if resampler is None:
+                # Keep the source layout and average the channels ourselves (the released code does a plain
+                # mean; FFmpeg's own down-mix weights channels differently, e.g. for 5.1).
+                resampler = av.AudioResampler(format="fltp", layout=batch[0].layout, rate=sampling_rate)
+            for piece in ([frame] if frame is not None else batch):
+                for out in resampler.resample(piece):
+                    audio_samples += add_audio(out)
+
+        def can_skip(t: float) -> bool:
+            """True when a frame at ``t`` is shown at no requested time: a later frame seen so far takes over the
+            first target that ``t`` could show (and so every later one); never the first frame after the seek."""
+            if t <= first_decoded_time:
+                return False
+            k = bisect.bisect_left(target_limits, t)
+            if k >= len(target_limits):
+                return False  # past the last target: decoded, it ends the window (and may be the stream's last)
+            j = bisect.bisect_right(seen_times, t)
+            return j < len(seen_times) and seen_times[j] <= target_limits[k]
+
+        def stop_skipping():
+            """The stream breaks an assumption of skipping: restart if a frame was skipped, else stop skipping."""
+            nonlocal skip
+            if skipped_any:
+                raise _RestartWithoutSkipping()
+            skip = False
+
+        def decode_video(packet, t=None):
+            """Decode one video packet (``t``: its time, when skipping) and give its frames to the targets."""
+            nonlocal consecutive_bad, skipped, decoded_any, native_index, last_frame_time, prev_frame, prev_array
+            nonlocal next_target, video_done, skipped_any, nonref_packets, first_decoded_time
+            if first_decoded_time is None and t is not None:
+                first_decoded_time = t
+            nonref = skip and t is not None and can_skip(t)
+            if nonref:
+                codec_context.skip_frame = "NONREF"
+                skipped_any = True
+                nonref_packets += 1
+            elif skip and packet.pts is not None:
+                full_pts.add(packet.pts)
+            try:
+                frames = packet.decode()
+                consecutive_bad = 0
+            except Exception:  # one undecodable packet (e.g. Megamind.avi's first AC3 frame): skip, go on
+                skipped += 1
+                consecutive_bad += 1
+                if consecutive_bad > _MAX_CONSECUTIVE_BAD_PACKETS and not decoded_any:
+                    raise MediaDecodingError(self.name, f"{consecutive_bad} packets in a row failed to decode")
+                return
+            finally:
+                if nonref:
+                    codec_context.skip_frame = "DEFAULT"
+            for frame in frames:
+                decoded_any = True
+                t = frame.time
+                if skip:
+                    if t is None or frame.pts not in seen_pts or (
+                        last_frame_time is not None and float(t) - origin <= last_frame_time
+                    ):
+                        stop_skipping()
+                    else:
+                        output_pts.add(frame.pts)
+                t = (native_index * frame_step if t is None else float(t) - origin)
+                native_index += 1
+                if last_frame_time is not None and t <= last_frame_time:
+                    # Non-increasing time stamps (broken VFR muxing): keep frames in decode order.
+                    t = last_frame_time + 1e-6
+                last_frame_time = t
+                # The new frame replaces `prev` for every target at or after its time.
+                assign_until(t)
+                # Before the first frame: targets earlier than it get it (handled below when prev is None).
+                prev_array = None
+                if prev_frame is None:
+                    while next_target < num_targets and frame_times[next_target] + _TIME_TOLERANCE < t:
+                        if prev_array is None:
+                            prev_array = to_array(frame)
+                        place(next_target, prev_array)
+                        chosen_times[next_target] = t
+                        next_target += 1
+                prev_frame = (t, frame)
+                if prev_array is None and next_target < num_targets and (
+                    next_frame_time(t) > frame_times[next_target] + _TIME_TOLERANCE
+                ):
+                    # Most likely the frame shown at the next target: convert it now, while its pixels are still
+                    # in the CPU cache (converting it when the next frame arrives is markedly slower).
+                    prev_array = to_array(frame)
+                if next_target >= num_targets or t > video_end + 1.0:
+                    video_done = next_target >= num_targets
+
+        def release():
+            """Stop holding packets; with trusted time stamps, drop those before the last IDR frame found."""
+            nonlocal holding, pruned_packets, skipped_any
+            holding = False
+            if skip and idr_position:
+                for _ in range(idr_position):
+                    pending.popleft()
+                pruned_packets += idr_position
+                skipped_any = True  # from now on, a stream that breaks an assumption is decoded again in full
+
+        def drain():
+            if holding:
+                release()
+            while pending and not video_done:
+                decode_video(*pending.popleft())
+            pending.clear()
 
         try:
             for packet in self.container.demux(*streams):
@@ -385,6 +677,36 @@ class MediaReader:
                 stream = packet.stream
                 is_video = stream.type == "video"
                 if (is_video and video_done) or (not is_video and audio_done):
+                    continue
+                if is_video:
+                    if not skip:
+                        drain()  # packets held back before skipping stopped
+                        if not video_done:
+                            decode_video(packet)
+                        continue
+                    pts = packet.pts
+                    if pts is None or pts in seen_pts:  # the flush packet at the end, or time stamps to distrust
+                        if packet.size:
+                            stop_skipping()
+                        drain()
+                        if not video_done:
+                            decode_video(packet)
+                        continue
+                    t = float(pts) * tb_num / tb_den - origin  # as av.Frame.time computes it
+                    seen_pts.add(pts)
+                    bisect.insort(seen_times, t)
+                    pending.append((packet, t))
+                    if holding:
+                        if t <= target_limits[0] and packet.is_keyframe and _h264_is_idr(packet, nal_length_size):
+                            idr_position = len(pending) - 1
+                        held_bytes += packet.size
+                        if t <= target_limits[0] and len(pending) < _MAX_HELD_PACKETS and (
+                            held_bytes < _MAX_HELD_BYTES
+                        ):
+                            continue
+                        release()
+                    while len(pending) > _SKIP_LOOKAHEAD and not video_done:
+                        decode_video(*pending.popleft())
                     continue
                 try:
                     frames = packet.decode()
@@ -397,63 +719,64 @@ class MediaReader:
                     continue
                 for frame in frames:
                     decoded_any = True
-                    if is_video:
-                        t = frame.time
-                        t = (native_index * frame_step if t is None else float(t) - origin)
-                        native_index += 1
-                        if last_frame_time is not None and t <= last_frame_time:
-                            # Non-increasing time stamps (broken VFR muxing): keep frames in decode order.
-                            t = last_frame_time + 1e-6
-                        last_frame_time = t
-                        # The new frame replaces `prev` for every target at or after its time.
-                        assign_until(t)
-                        # Before the first frame: targets earlier than it get it (handled below when prev is None).
-                        if prev_frame is None:
-                            while next_target < len(chosen) and frame_times[next_target] + _TIME_TOLERANCE < t:
-                                arr = to_array(frame)
-                                chosen[next_target] = arr
-                                chosen_times[next_target] = t
-                                next_target += 1
-                        prev_frame, prev_array = (t, frame), None
-                        if next_target >= len(chosen) or t > video_end + 1.0:
-                            video_done = next_target >= len(chosen)
-                    else:
-                        if resampler is None:
-                            # Keep the source layout and average the channels ourselves (the released code does a
-                            # plain mean; FFmpeg's own down-mix weights channels differently, e.g. for 5.1).
-                            resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=sampling_rate)
-                        if audio_first_time is None:
-                            ft = frame.time
-                            audio_first_time = (float(ft) - origin) if ft is not None else 0.0
-                        for out in resampler.resample(frame):
-                            chunk = out.to_ndarray()
-                            audio_chunks.append(chunk.mean(axis=0, dtype=np.float64).astype(np.float32))
-                            audio_samples += chunk.shape[1]
+                    if audio_first_time is None:
+                        ft = frame.time
+                        audio_first_time = (float(ft) - origin) if ft is not None else 0.0
+                    key = (frame.format.name, frame.layout.name, frame.sample_rate)
+                    if key != batch_key:
+                        resample_batch()  # a change of format mid-stream reaches the resampler at this frame
+                        batch_key = key
+                    audio_batch.append(frame)
+                    batch_input_samples += frame.samples
+                    # The stop test below is the per-frame one on resampled samples; it can only pass once the
+                    # decoded input reaches near the same time, so until then frames are resampled in batches.
+                    near_end = audio_first_time + batch_input_samples / frame.sample_rate >= audio_end + 0.05
+                    if near_end or len(audio_batch) >= _AUDIO_BATCH_FRAMES:
+                        resample_batch()
                         if audio_first_time + audio_samples / sampling_rate >= audio_end + 0.1:
                             audio_done = True
+            drain()
+            resample_batch()
             if want_audio and resampler is not None:
                 for out in resampler.resample(None):  # flush the resampler's delay line
-                    chunk = out.to_ndarray()
-                    audio_chunks.append(chunk.mean(axis=0, dtype=np.float64).astype(np.float32))
-        except MediaDecodingError:
+                    add_audio(out)
+            average_channels()
+        except (MediaDecodingError, _RestartWithoutSkipping):
             raise
         except Exception as err:  # a demuxer error mid-file: keep what was decoded if anything was
+            try:
+                drain()  # the packets demuxed before the error are decoded, as without skipping
+            except (MediaDecodingError, _RestartWithoutSkipping):
+                raise
+            except Exception:
+                pass
+            try:
+                resample_batch()  # frames decoded before the error are kept, as when resampled one by one
+            except Exception:
+                pass
+            average_channels()
             if not decoded_any:
                 raise MediaDecodingError(self.name, f"decoding failed ({_short(err)})") from None
+        if skipped_any and last_frame_time is not None:
+            # every frame decoded in full up to the last one returned must have come back (a skipped frame relied
+            # on a later one to take over its targets)
+            missing = [p for p in full_pts - output_pts if p <= prev_frame[1].pts]
+            if missing:
+                raise _RestartWithoutSkipping()
 
-        frames_out = None
         num_padded = 0
         if want_video:
-            if prev_frame is None and len(chosen):
+            if prev_frame is None and num_targets:
                 raise MediaDecodingError(self.name, "no video frame could be decoded (truncated or corrupt file)")
             end_of_video = (last_frame_time or 0.0) + (frame_step or 0.0)
-            for i in range(next_target, len(chosen)):
+            for i in range(next_target, num_targets):
                 if prev_array is None:
                     prev_array = to_array(prev_frame[1])
-                chosen[i] = prev_array
+                place(i, prev_array)
                 chosen_times[i] = prev_frame[0]
-            num_padded = int(np.sum(frame_times >= end_of_video - _TIME_TOLERANCE)) if len(chosen) else 0
-            frames_out = np.stack(chosen) if len(chosen) else np.zeros((0, 0, 0, 3), np.uint8)
+            num_padded = int(np.sum(frame_times >= end_of_video - _TIME_TOLERANCE)) if num_targets else 0
+            if frames_out is None:
+                frames_out = np.zeros((0, 0, 0, 3), np.uint8)
 
         audio_out = None
         padded_samples = 0
@@ -487,6 +810,7 @@ class MediaReader:
             num_padded_samples=padded_samples,
             skipped_packets=skipped,
             info=info,
+            extra={"nonref_packets": nonref_packets, "pruned_packets": pruned_packets},
         )
 
     def _seek(self, seconds: float) -> None:
@@ -498,6 +822,38 @@ class MediaReader:
                 self.container.seek(0)
             except Exception:  # not seekable (a pipe): the demux just continues from where it is
                 pass
+
+
+def _h264_nal_length_size(codec_context) -> int | None:
+    """Bytes of the NAL unit length prefix of an H.264 stream stored as in mp4/mkv (avcC), else ``None``."""
+    try:
+        extradata = codec_context.extradata
+    except Exception:  # pragma: no cover - PyAV without the attribute
+        return None
+    if not extradata or len(extradata) < 7 or extradata[0] != 1:
+        return None
+    return (extradata[4] & 3) + 1
+
+
+def _h264_is_idr(packet, nal_length_size: int) -> bool:
+    """Whether a length-prefixed H.264 access unit is an IDR picture: its NAL units exactly fill the packet, none
+    has the forbidden bit set, and its slices are all IDR slices (type 5). Anything else counts as not IDR."""
+    data = bytes(packet)
+    pos, n, end = 0, nal_length_size, len(data)
+    idr = False
+    while pos < end:
+        if pos + n >= end:
+            return False
+        size = int.from_bytes(data[pos:pos + n], "big")
+        header = data[pos + n]
+        if size == 0 or pos + n + size > end or header & 0x80:
+            return False
+        nal_type = header & 0x1F
+        if nal_type in (1, 2, 3, 4):  # a non-IDR slice (or slice data partition)
+            return False
+        idr = idr or nal_type == 5
+        pos += n + size
+    return idr
 
 
 def _short(err: BaseException) -> str:

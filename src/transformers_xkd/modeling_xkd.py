@@ -143,7 +143,9 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
         return
     if torch.compiler.is_compiling():
         return
-    if not torch.isfinite(tensor).all():
+    # One reduction pass: any NaN/inf makes the sum non-finite; the elementwise test only confirms (a sum can
+    # overflow on huge but finite values).
+    if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
         raise ValueError(f"`{name}` contains NaN or infinite values; check the preprocessing of this batch.")
 
 
@@ -309,8 +311,13 @@ def _interpolate_audio_position_embeddings(
 
 
 class XKDVideoPatchEmbeddings(nn.Module):
-    """Tubelet embedding: a Conv3d with kernel = stride = (tubelet, patch, patch).
+    """Tubelet embedding: a Conv3d with kernel = stride = (tubelet, patch, patch), `(B, T, C, H, W)` ->
+    `(B, (T/pt)(H/p)(W/p), D)` t-major tokens.
 
+    The parameter lives in an `nn.Conv3d` (state-dict name `projection.weight`, shape `(D, C, pt, p, p)`), but the
+    forward cuts the clip into non-overlapping tubelets and applies one matmul with the same weight viewed as
+    `(D, C*pt*p*p)`. With kernel = stride that is the same linear map, and the CPU convolution kernels are much
+    slower than a matmul for it (about 9x in bf16). `conv_forward` keeps the convolution as the readable reference.
     Equivalent to the released `nn.Linear(3072, 768)` on (pt, ph, pw, c)-flattened patches; the conversion script
     permutes that weight into this one.
     """
@@ -322,14 +329,29 @@ class XKDVideoPatchEmbeddings(nn.Module):
         self.projection = nn.Conv3d(config.num_channels, config.hidden_size, kernel_size=kernel, stride=kernel)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        # (B, T, C, H, W) -> (B, C, T, H, W) -> (B, D, t, h, w) -> (B, t*h*w, D), t-major tokens
+        b, t, c, h, w = pixel_values.shape
+        pt, p = self.config.tubelet_size, self.config.patch_size
+        grid = (t // pt, h // p, w // p)
+        # (B, nt, pt, C, nh, p, nw, p) -> (B, nt, nh, nw, C, pt, p, p): the conv weight's (c, pt, ph, pw) order
+        x = pixel_values.reshape(b, grid[0], pt, c, grid[1], p, grid[2], p).permute(0, 1, 4, 6, 3, 2, 5, 7)
+        x = x.reshape(b, grid[0] * grid[1] * grid[2], c * pt * p * p)
+        weight = self.projection.weight.reshape(self.projection.out_channels, -1)
+        return F.linear(x, weight, self.projection.bias), grid
+
+    def conv_forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Reference path: the Conv3d itself. (B, T, C, H, W) -> (B, C, T, H, W) -> (B, D, t, h, w) -> tokens."""
         x = self.projection(pixel_values.permute(0, 2, 1, 3, 4))
         grid = tuple(x.shape[2:])
         return x.flatten(2).transpose(1, 2), grid
 
 
 class XKDAudioPatchEmbeddings(nn.Module):
-    """Spectrogram patch embedding: a Conv2d with kernel = stride = (frequency patch, time patch), frequency-major."""
+    """Spectrogram patch embedding: a Conv2d with kernel = stride = (frequency patch, time patch), frequency-major
+    tokens: `(B, time, mel)` -> `(B, (mel/fp)(time/tp), D)`.
+
+    As for video, the forward is the equivalent patchify + one matmul with the conv weight viewed as `(D, fp*tp)`;
+    `conv_forward` is the convolution reference.
+    """
 
     def __init__(self, config: XKDAudioConfig):
         super().__init__()
@@ -338,7 +360,15 @@ class XKDAudioPatchEmbeddings(nn.Module):
         self.projection = nn.Conv2d(1, config.hidden_size, kernel_size=kernel, stride=kernel)
 
     def forward(self, input_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        # (B, time, mel) -> (B, 1, mel, time) -> (B, D, f, t) -> (B, f*t, D)
+        fp, tp = self.config.frequency_patch_size, self.config.time_patch_size
+        grid = (input_values.shape[2] // fp, input_values.shape[1] // tp)
+        # patchify_audio's per-patch order (fp, tp) is the Conv2d weight's (1, fp, tp) order
+        x = patchify_audio(input_values, fp, tp)
+        weight = self.projection.weight.reshape(self.projection.out_channels, -1)
+        return F.linear(x, weight, self.projection.bias), grid
+
+    def conv_forward(self, input_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Reference path: (B, time, mel) -> (B, 1, mel, time) -> Conv2d (B, D, f, t) -> (B, f*t, D)."""
         x = self.projection(input_values.transpose(1, 2).unsqueeze(1))
         grid = tuple(x.shape[2:])
         return x.flatten(2).transpose(1, 2), grid
@@ -413,11 +443,16 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Readable reference attention: softmax(q k^T * scale) v. Inputs `(B, heads, L, head_dim)`."""
+    """Readable reference attention: softmax(q k^T * scale) v. Inputs `(B, heads, L, head_dim)`.
+
+    The softmax runs in the input dtype, as released (`attn.softmax(dim=-1)`); torch's bf16/fp16 softmax kernels
+    accumulate in float32 and round once. An explicit float32 softmax plus a cast back gives the same values to one
+    bf16 unit but cost 4x the time on the CPU (two extra full passes over the L x L map).
+    """
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
-    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.softmax(attn_weights, dim=-1)
     attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
     return attn_output, attn_weights

@@ -74,6 +74,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "clip_grad": 0.3,  # per parameter, students and their heads only
         "mixed_precision": "bf16",  # "no" | "bf16" | "fp16" (released: fp16 autocast + GradScaler)
         "gradient_checkpointing": False,
+        # torch.compile the model's forward (nn.Module.compile, so checkpoints keep their names): False, True
+        # (inductor) or a backend name. The first steps then include the compilation (minutes for ViT-B).
+        "compile": False,
         "find_unused_parameters": False,
         "init_from": None,  # a save_pretrained XKDForPretraining folder to start from
     },

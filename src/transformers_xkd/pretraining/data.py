@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from ..decoding_xkd import MediaDecodingError, MediaReader, target_frame_times
 from ..feature_extraction_xkd import XKDFeatureExtractor
@@ -407,14 +407,25 @@ class ClipSettings:
         return int(round(self.local_audio_duration * self.sampling_rate))
 
 
-def resize_short_side(frames: np.ndarray, short_side: int) -> torch.Tensor:
-    """`(T, H, W, 3)` uint8 -> `(T, 3, H', W')` uint8 with ``min(H', W') == short_side`` (bilinear, antialiased)."""
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+def resize_short_side(frames: np.ndarray, short_side: int, exact_float: bool = False) -> torch.Tensor:
+    """`(T, H, W, 3)` uint8 -> `(T, 3, H', W')` uint8 with ``min(H', W') == short_side`` (bilinear, antialiased).
+
+    The released ``Basic`` transform resizes with PIL bilinear, which is antialiased when downscaling (a triangle
+    filter stretched by the scale factor). By default this uses torch's uint8 antialiased-bilinear kernel on the
+    channels-last frames (no float copy; 10-30x faster than the float path on one core): it computes PIL's
+    fixed-point filter and agrees with PIL within 1 grey level on ~0.01-0.2% of the pixels. ``exact_float=True``
+    runs the same resampling in float32 and rounds once at the end; the two paths differ by at most 1 grey level
+    (on a few percent of the pixels; tested), the float path being the farther one from PIL.
+    """
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # a channels-last view, no copy
     h, w = video.shape[-2:]
     scale = short_side / min(h, w)
     size = (short_side, max(short_side, round(w * scale))) if h <= w else (max(short_side, round(h * scale)), short_side)
     if (h, w) == size:
         return video.contiguous()
+    if not exact_float:
+        out = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return out.contiguous()
     out = F.interpolate(video.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
@@ -468,7 +479,10 @@ class XKDPretrainingDataset(Dataset):
     def decode(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Decode a synchronised window of item ``index``: frames `(T, H, W, 3)` uint8, audio `(S,)` float32."""
         s = self.settings
-        with MediaReader(self.source.media(self.items[index])) as reader:
+        # One decoder thread in a DataLoader worker (there is a worker per core, as torch uses one thread there);
+        # FFmpeg's default would start a thread per CPU in every worker.
+        in_worker = get_worker_info() is not None
+        with MediaReader(self.source.media(self.items[index]), threads=1 if in_worker else None) as reader:
             info = reader.info
             if not (info.has_video and info.has_audio):
                 raise MediaDecodingError(reader.name, "needs both a video and an audio stream")

@@ -90,10 +90,11 @@ def clip_gradients_per_parameter(parameters: Iterable[torch.Tensor], max_norm: f
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(0)
-    norms = torch._foreach_norm(grads, 2.0)
-    coefs = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
-    torch._foreach_mul_(grads, coefs)
-    return torch.stack([n.float() for n in norms])
+    # One stacked tensor of norms and coefficients: a handful of kernels instead of a few per parameter.
+    norms = torch.stack(torch._foreach_norm(grads, 2.0)).float()
+    coefs = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, list(coefs.unbind()))
+    return norms
 
 
 __all__ = [
