@@ -1009,10 +1009,22 @@ def evaluate_goals(results: dict) -> list[dict]:
                           note=f"max |diff| {big['max_abs_diff']:.2e}"))
     dp = results.get("data_path")
     if dp:
-        measured = [g["median_clips_per_s"] for g in dp["groups"].values() if "median_clips_per_s" in g]
-        worst = min(measured) if measured else None
-        goals.append(dict(name="one core feeds training clips/s", target=">= 8 clips/s", measured=worst,
-                          met=None if worst is None or dp["pipeline"] is None else worst >= 8.0,
+        def worst_group_median(key):
+            medians = [statistics.median(f[key] for f in g["files"].values())
+                       for g in dp["groups"].values() if g.get("files")]
+            return min(medians) if medians else None
+
+        # The trainer augments on the training device, so what one DataLoader core must sustain is decode +
+        # sample + resize + audio views; the all-on-CPU figure (kornia on the same core) is reported beside it.
+        worker = worst_group_median("worker_clips_per_s")
+        goals.append(dict(name="one core feeds training clips/s (worker; augmentation on the accelerator)",
+                          target=">= 8 clips/s", measured=worker,
+                          met=None if worker is None or dp["pipeline"] is None else worker >= 8.0,
+                          note="worst group's median over its files"))
+        everything = worst_group_median("clips_per_s")
+        goals.append(dict(name="one core feeds training clips/s (augmentation on the same CPU core)",
+                          target=">= 8 clips/s", measured=everything,
+                          met=None if everything is None or dp["pipeline"] is None else everything >= 8.0,
                           note=dp["augmentation_status"]))
     return goals
 
@@ -1099,17 +1111,18 @@ def markdown_report(res: dict) -> str:
                   "", f"Pipeline: {dp['pipeline'] or 'decode + sample only'}; augmentation "
                   f"{dp['augmentation_status']} (kornia on {dp['augment_device']}, batch {dp['augment_batch']}, "
                   "per-clip share shown).", "",
-                  "| files | file | decoded | decode ms | sample+resize+audio views ms | augment ms/clip | clips/s/core |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| files | file | decoded | decode ms | sample+resize+audio views ms | augment ms/clip | "
+                  "worker clips/s (augment on the accelerator) | clips/s, all on this core |",
+                  "|---|---|---|---|---|---|---|---|"]
         for group, g in dp["groups"].items():
             for name, f in g.get("files", {}).items():
                 m = f["median_s"]
                 aug = "-" if m["augment_per_clip"] is None else fmt_ms(m["augment_per_clip"])
                 lines.append(f"| {group} | {name} | {f['decoded_size'][1]}x{f['decoded_size'][0]} | "
                              f"{fmt_ms(m['decode'])} | {fmt_ms(m['sample_and_audio'])} | {aug} | "
-                             f"{f['clips_per_s']:.2f} |")
+                             f"{f['worker_clips_per_s']:.2f} | {f['clips_per_s']:.2f} |")
         for name, why in dp.get("skipped_files", {}).items():
-            lines.append(f"| skipped | {name} | - | - | - | - | {why} |")
+            lines.append(f"| skipped | {name} | - | - | - | - | - | {why} |")
         lines.append("")
     lines += ["## Goals", "", "| goal | target | measured | met |", "|---|---|---|---|"]
     for g in res["goals"]:
