@@ -591,9 +591,24 @@ class MediaReader:
                 raise _RestartWithoutSkipping()
             skip = False
 
+        def decode_packet(packet):
+            """``packet.decode()``, or None for an undecodable packet (e.g. Megamind.avi's first AC3 frame), which
+            is counted and skipped; too many in a row before any frame decoded is an error."""
+            nonlocal consecutive_bad, skipped
+            try:
+                frames = packet.decode()
+            except Exception:
+                skipped += 1
+                consecutive_bad += 1
+                if consecutive_bad > _MAX_CONSECUTIVE_BAD_PACKETS and not decoded_any:
+                    raise MediaDecodingError(self.name, f"{consecutive_bad} packets in a row failed to decode")
+                return None
+            consecutive_bad = 0
+            return frames
+
         def decode_video(packet, t=None):
             """Decode one video packet (``t``: its time, when skipping) and give its frames to the targets."""
-            nonlocal consecutive_bad, skipped, decoded_any, native_index, last_frame_time, prev_frame, prev_array
+            nonlocal decoded_any, native_index, last_frame_time, prev_frame, prev_array
             nonlocal next_target, video_done, skipped_any, nonref_packets, first_decoded_time
             if first_decoded_time is None and t is not None:
                 first_decoded_time = t
@@ -605,17 +620,12 @@ class MediaReader:
             elif skip and packet.pts is not None:
                 full_pts.add(packet.pts)
             try:
-                frames = packet.decode()
-                consecutive_bad = 0
-            except Exception:  # one undecodable packet (e.g. Megamind.avi's first AC3 frame): skip, go on
-                skipped += 1
-                consecutive_bad += 1
-                if consecutive_bad > _MAX_CONSECUTIVE_BAD_PACKETS and not decoded_any:
-                    raise MediaDecodingError(self.name, f"{consecutive_bad} packets in a row failed to decode")
-                return
+                frames = decode_packet(packet)
             finally:
                 if nonref:
                     codec_context.skip_frame = "DEFAULT"
+            if frames is None:
+                return
             for frame in frames:
                 decoded_any = True
                 t = frame.time
@@ -708,14 +718,8 @@ class MediaReader:
                     while len(pending) > _SKIP_LOOKAHEAD and not video_done:
                         decode_video(*pending.popleft())
                     continue
-                try:
-                    frames = packet.decode()
-                    consecutive_bad = 0
-                except Exception:  # one undecodable packet (e.g. Megamind.avi's first AC3 frame): skip, go on
-                    skipped += 1
-                    consecutive_bad += 1
-                    if consecutive_bad > _MAX_CONSECUTIVE_BAD_PACKETS and not decoded_any:
-                        raise MediaDecodingError(self.name, f"{consecutive_bad} packets in a row failed to decode")
+                frames = decode_packet(packet)
+                if frames is None:
                     continue
                 for frame in frames:
                     decoded_any = True
