@@ -232,6 +232,7 @@ class ScanReport:
     durations: list = field(default_factory=list)
     dropped: dict = field(default_factory=dict)
     examples: dict = field(default_factory=dict)
+    fingerprint: str | None = None  # of the source and the scan settings (see clip_index_fingerprint)
 
     def summary(self) -> str:
         lines = [f"scan of {self.source}: kept {len(self.kept)} of {self.total}"]
@@ -243,7 +244,7 @@ class ScanReport:
     def to_json(self) -> dict:
         return {
             "source": self.source, "total": self.total, "kept": self.kept, "durations": self.durations,
-            "dropped": self.dropped, "examples": self.examples,
+            "dropped": self.dropped, "examples": self.examples, "fingerprint": self.fingerprint,
         }
 
     @classmethod
@@ -596,24 +597,51 @@ def collate_clips(samples: list[dict]) -> dict:
     }
 
 
+class ClipIndexMismatchError(ValueError):
+    """The saved clip index was built from other data (or other scan settings) than this run's."""
+
+
+def clip_index_fingerprint(source: ClipSource, min_duration: float, scan: bool) -> str:
+    """SHA-256 of what the index is built from: the source's description and item list (and, for a datasets
+    source, the dataset's own fingerprint) and the scan settings."""
+    import hashlib
+
+    payload = {
+        "source": source.description, "items": [str(i) for i in source.items], "column": source.column,
+        "dataset": getattr(source.hf_dataset, "_fingerprint", None), "min_duration": float(min_duration),
+        "scan": bool(scan),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
 def load_or_scan(source: ClipSource, index_path: str | None, min_duration: float, num_workers: int,
-                 scan: bool = True) -> ScanReport:
-    """Reuse a saved scan (so that a resumed run sees the same list, in the same order) or scan and save it."""
+                 scan: bool = True, on_mismatch: str = "rescan") -> ScanReport:
+    """Reuse a saved scan of the same data (so that a resumed run sees the same list, in the same order) or scan
+    and save it. A saved index whose fingerprint (:func:`clip_index_fingerprint`) differs is never reused:
+    ``on_mismatch="rescan"`` rebuilds it (with a warning), ``"refuse"`` raises :class:`ClipIndexMismatchError`
+    (``--resume``: the data order of the run would change)."""
+    fingerprint = clip_index_fingerprint(source, min_duration, scan)
     if index_path and os.path.exists(index_path):
         with open(index_path) as f:
             report = ScanReport.from_json(json.load(f))
-        if report.source != source.description or report.total != len(source.items):
-            logger.warning(
-                "The saved clip index %s was made from %s (%d items), but the data is now %s (%d items); "
-                "using the saved index so that the data order stays the same. Delete it to rescan.",
-                index_path, report.source, report.total, source.description, len(source.items),
+        if report.fingerprint == fingerprint:
+            return report
+        what = (f"was made from {report.source} ({report.total} items), but the data is now {source.description} "
+                f"({len(source.items)} items)" if report.fingerprint is None or report.source != source.description
+                or report.total != len(source.items) else "was made from other files or scan settings "
+                "(data.min_duration / data.scan) than this run's")
+        if on_mismatch == "refuse":
+            raise ClipIndexMismatchError(
+                f"The saved clip index {index_path} {what}. --resume needs the same data in the same order: pass "
+                "the run's --train-data (and data settings), or start a new run."
             )
-        return report
+        logger.warning("The saved clip index %s %s; rescanning.", index_path, what)
     if scan:
         report = scan_clips(source, min_duration=min_duration, num_workers=num_workers)
     else:
         report = ScanReport(source=source.description, total=len(source.items), kept=list(source.items),
                             durations=[(float("nan"), float("nan"))] * len(source.items))
+    report.fingerprint = fingerprint
     if index_path:
         tmp = f"{index_path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
@@ -625,5 +653,5 @@ def load_or_scan(source: ClipSource, index_path: str | None, min_duration: float
 __all__ = [
     "VIDEO_EXTENSIONS", "RELEASED_MIN_DURATION", "ClipSource", "resolve_source", "ScanReport", "probe_clip",
     "scan_clips", "ShardedEpochSampler", "ClipSettings", "XKDPretrainingDataset", "collate_clips",
-    "resize_short_side", "load_or_scan",
+    "resize_short_side", "load_or_scan", "clip_index_fingerprint", "ClipIndexMismatchError",
 ]

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, fields
 from typing import Any
@@ -38,9 +39,21 @@ from .data import (
     ClipSettings,
     ShardedEpochSampler,
     XKDPretrainingDataset,
+    ScanReport,
     collate_clips,
     load_or_scan,
     resolve_source,
+)
+from .run_folder import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    RunFolderError,
+    check_resume_config,
+    check_run_folder,
+    clear_run_folder,
+    load_trainer_state,
+    resumable_checkpoint,
+    save_trainer_state,
 )
 from .schedules import (
     clip_gradients_per_parameter,
@@ -79,7 +92,7 @@ class DecodeFailureError(RuntimeError):
 
 @dataclass
 class TrainState:
-    """Counters restored by ``--resume`` (registered with ``accelerator.register_for_checkpointing``).
+    """Counters restored by ``--resume`` (``trainer_state.json`` in each checkpoint: JSON, never a pickle).
 
     ``step``: optimizer steps done; ``micro_batches``: micro-batches consumed per process (the data position);
     ``clips``: clips consumed over all processes; ``decode_attempts`` / ``decode_failures``: totals over all
@@ -185,9 +198,10 @@ def commit_checkpoint(tmp_dir: str, root: str, step: int, keep_last: int) -> str
     return final
 
 
-def save_checkpoint(accelerator, root: str, step: int, keep_last: int) -> str:
+def save_checkpoint(accelerator, root: str, step: int, keep_last: int, state: "TrainState | None" = None) -> str:
     """Every process writes its part (accelerate: model/optimizer/scaler on the main process, RNG per process)
-    into ``root/.tmp-step-N``; the main process then commits it. Returns the final path."""
+    into ``root/.tmp-step-N``, the main process adds ``trainer_state.json`` (``state``) and commits it. Returns the
+    final path."""
     tmp_dir = os.path.join(root, f".tmp-{checkpoint_name(step)}")
     if accelerator.is_main_process:
         os.makedirs(root, exist_ok=True)
@@ -197,6 +211,8 @@ def save_checkpoint(accelerator, root: str, step: int, keep_last: int) -> str:
     accelerator.wait_for_everyone()
     final = os.path.join(root, checkpoint_name(step))
     if accelerator.is_main_process:
+        if state is not None:
+            save_trainer_state(tmp_dir, state.state_dict())
         final = commit_checkpoint(tmp_dir, root, step, keep_last)
     accelerator.wait_for_everyone()
     return final
@@ -259,14 +275,80 @@ def _trackers(setting) -> list | None:
     return list(setting) if isinstance(setting, (list, tuple)) else [setting]
 
 
-def build_accelerator(config: dict, output_dir: str):
+MIXED_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
+
+
+def _launcher_argv(pid: int | None = None) -> list[str] | None:
+    """The command line of the ``accelerate launch`` process that started this one (Linux ``/proc``; the
+    launcher is the parent for single-process and torchrun-style launches), or ``None``."""
+    try:
+        with open(f"/proc/{pid or os.getppid()}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+    return argv if "launch" in argv and any("accelerate" in os.path.basename(a) for a in argv) else None
+
+
+def _launcher_chose_precision(argv: list[str] | None, script: str | None = None) -> bool:
+    """Whether the launcher's precision was chosen (``--mixed_precision`` before the script, ``--config_file``, or
+    an ``accelerate config`` default file that sets it) rather than being its built-in default ``no``."""
+    if argv is not None:
+        launch = argv.index("launch")
+        end = len(argv)
+        if script:
+            for i in range(launch + 1, len(argv)):
+                if os.path.basename(argv[i]) == os.path.basename(script):
+                    end = i
+                    break
+        head = argv[launch + 1:end]
+        flags = ("--mixed_precision", "--mixed-precision", "--config_file", "--config-file")
+        if any(a == f or a.startswith(f + "=") for a in head for f in flags):
+            return True
+    try:
+        from accelerate.commands.config import default_config_file
+    except ImportError:  # pragma: no cover
+        return False
+    if os.path.isfile(default_config_file):
+        try:
+            import yaml
+
+            with open(default_config_file) as f:
+                return bool((yaml.safe_load(f) or {}).get("mixed_precision"))
+        except Exception:  # noqa: BLE001 - an unreadable accelerate config: accelerate itself will complain
+            return False
+    return False
+
+
+def resolve_mixed_precision(config_value: str, launcher_value: str | None, launcher_chose: bool) -> tuple[str, str]:
+    """The precision to train in and why (for the log).
+
+    ``launcher_value`` is what ``accelerate launch`` passed (``ACCELERATE_MIXED_PRECISION``; ``None`` when the
+    script runs without it). An explicit launcher choice (``launcher_chose``: ``--mixed_precision``, a
+    ``--config_file`` or an ``accelerate config`` default) wins over ``train.mixed_precision``, loudly; the
+    launcher's built-in default ``no`` (nothing chosen) does not override the configuration.
+    """
+    config_value = config_value or "no"
+    if launcher_value is None:
+        return config_value, "train.mixed_precision"
+    launcher_value = str(launcher_value).lower()
+    if launcher_value == config_value:
+        return config_value, "train.mixed_precision and the launcher agree"
+    if launcher_chose:
+        return launcher_value, (f"the launcher's choice (accelerate launch --mixed_precision {launcher_value}) "
+                                f"overrides train.mixed_precision={config_value}")
+    return config_value, (f"train.mixed_precision; the launcher's {launcher_value!r} is its default, not a choice "
+                          f"(pass accelerate launch --mixed_precision to override)")
+
+
+def build_accelerator(config: dict, output_dir: str, precision: str | None = None):
     """``Accelerator(cpu=True)`` when there is no GPU (or ACCELERATE_USE_CPU is set): without it a two-process CPU
-    launch runs each process alone and nothing says so (reference/environment.md)."""
+    launch runs each process alone and nothing says so (reference/environment.md). ``precision``: from
+    :func:`resolve_mixed_precision` (default: ``train.mixed_precision``)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     cpu = _use_cpu()
-    precision = config["train"]["mixed_precision"] or "no"
+    precision = precision or config["train"]["mixed_precision"] or "no"
     if cpu and precision == "fp16":
         logger.warning("fp16 mixed precision needs a GPU; running in fp32 on the CPU.")
         precision = "no"
@@ -390,60 +472,85 @@ def run_pretraining(
     output_dir: str,
     max_steps: int | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Pretrain XKD. ``config`` comes from :func:`.config.load_config`.
 
     Args:
         train_data: a folder, a .txt/.csv list, or a datasets dataset (see :func:`.data.resolve_source`).
-        output_dir: checkpoints, logs, the clip index and the exported folders go here.
+        output_dir: checkpoints, logs, the clip index and the exported folders go here. A folder that holds
+            another run is refused unless ``resume`` or ``overwrite`` (:mod:`.run_folder`).
         max_steps: stop after this many optimizer steps in total (the schedules still follow ``train.epochs``,
-            so that a run stopped early and resumed is the same run).
-        resume: continue from the latest complete checkpoint in ``output_dir/checkpoints``.
+            so that a run stopped early and resumed is the same run). ``None``: the whole schedule; ``0``: no step
+            (the configuration, data scan and model are set up and checked; nothing is trained, saved or exported).
+        resume: continue from the latest complete, readable checkpoint in ``output_dir/checkpoints``.
+        overwrite: delete the run files already in ``output_dir`` (:data:`.run_folder.RUN_ARTIFACTS`) first.
 
     Returns:
         a summary dict (steps done, last logged values, export paths). Raises :class:`NonFiniteLossError` or
-        :class:`DecodeFailureError` on the faults described in the module docstring.
+        :class:`DecodeFailureError` on the faults described in the module docstring, a ``ValueError``
+        (:class:`.run_folder.RunFolderError`, ...) before anything is written for a bad configuration or folder.
     """
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    os.makedirs(output_dir, exist_ok=True)
-    accelerator = build_accelerator(config, output_dir)
+    if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 0):
+        raise ValueError(f"max_steps must be None (the whole schedule) or an integer >= 0, got {max_steps!r}")
+    seed, train_cfg, data_cfg, log_cfg = int(config["seed"]), config["train"], config["data"], config["log"]
+    log_dir = os.path.join(output_dir, "logs")
+    ckpt_root = os.path.join(output_dir, "checkpoints")
+    index_path = os.path.join(output_dir, INDEX_NAME)
+    config_path = os.path.join(output_dir, CONFIG_NAME)
+
+    # --- checks that write nothing (every process runs them, so that all stop together) --------------------------
+    model_config = build_model_config(config)
+    settings = clip_settings(config, model_config)
+    check_run_folder(output_dir, resume, overwrite)
+    changed: list[str] = []
+    resume_from = None
+    if resume:
+        changed = check_resume_config(output_dir, config)
+        resume_from = resumable_checkpoint(list_checkpoints(ckpt_root))
+    source = resolve_source(train_data, extensions=tuple(data_cfg["extensions"] or VIDEO_EXTENSIONS),
+                            column=data_cfg["column"], split=data_cfg["split"])
+    if resume and os.path.exists(index_path):  # raises ClipIndexMismatchError before anything is written
+        load_or_scan(source, index_path, float(data_cfg["min_duration"]), 1, scan=bool(data_cfg["scan"]),
+                     on_mismatch="refuse")
+    precision, precision_source = resolve_mixed_precision(
+        train_cfg["mixed_precision"], os.environ.get(MIXED_PRECISION_ENV),
+        _launcher_chose_precision(_launcher_argv(), script=sys.argv[0] if sys.argv else None),
+    )
+
+    accelerator = build_accelerator(config, output_dir, precision)
     is_main = accelerator.is_main_process
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    seed, train_cfg, data_cfg, log_cfg = int(config["seed"]), config["train"], config["data"], config["log"]
     world, rank = accelerator.num_processes, accelerator.process_index
-    log_dir = os.path.join(output_dir, "logs")
-    ckpt_root = os.path.join(output_dir, "checkpoints")
+    if is_main:
+        if overwrite:
+            removed = clear_run_folder(output_dir)
+            if removed:
+                logger.warning("--overwrite: deleted %s from %s", ", ".join(removed), output_dir)
+        os.makedirs(log_dir, exist_ok=True)
+    accelerator.wait_for_everyone()
     jsonl = JsonLinesLog(os.path.join(log_dir, "train_log.jsonl"), enabled=is_main)
     if is_main:
-        os.makedirs(log_dir, exist_ok=True)
-        config_path = os.path.join(output_dir, "pretraining_config.json")
-        if resume and os.path.exists(config_path):
-            with open(config_path) as f:
-                before = _flatten("", json.load(f), {})
-            now = _flatten("", config, {})
-            changed = sorted(k for k in set(before) | set(now)
-                             if before.get(k) != now.get(k) and not k.startswith("debug."))
-            if changed:
-                logger.warning("--resume with a changed configuration: %s", ", ".join(
-                    f"{k}: {before.get(k)} -> {now.get(k)}" for k in changed))
+        if changed:
+            logger.warning("--resume with a changed configuration: %s", ", ".join(changed))
         with open(config_path, "w") as f:
             json.dump(config, f, indent=2)
-        logger.info("%d process(es), device %s, mixed precision %s (train.mixed_precision)", world,
-                    accelerator.device, accelerator.mixed_precision)
+        overridden = "overrides" in precision_source
+        (logger.warning if overridden else logger.info)(
+            "%d process(es), device %s, mixed precision %s (%s)", world, accelerator.device,
+            accelerator.mixed_precision, precision_source)
+        jsonl.write({"event": "setup", "processes": world, "device": str(accelerator.device),
+                     "mixed_precision": str(accelerator.mixed_precision), "mixed_precision_source": precision_source})
 
     # --- data ---------------------------------------------------------------------------------------------------
-    model_config = build_model_config(config)
-    settings = clip_settings(config, model_config)
-    source = resolve_source(train_data, extensions=tuple(data_cfg["extensions"] or VIDEO_EXTENSIONS),
-                            column=data_cfg["column"], split=data_cfg["split"])
-    index_path = os.path.join(output_dir, "clip_index.json")
     report = None
     if is_main:  # one scan, shared through the file (and reused by --resume so the data order is the same)
         report = load_or_scan(source, index_path, float(data_cfg["min_duration"]), int(data_cfg["scan_workers"]),
-                              scan=bool(data_cfg["scan"]))
+                              scan=bool(data_cfg["scan"]), on_mismatch="refuse" if resume else "rescan")
         logger.info("%s", report.summary())
         jsonl.write({"event": "scan", "source": report.source, "total": report.total, "kept": len(report.kept),
                      "dropped": report.dropped, "examples": report.examples})
@@ -454,7 +561,8 @@ def run_pretraining(
                 f"Process {rank} cannot see {index_path}, which the main process wrote: --output-dir must be on a "
                 "file system shared by all processes (and machines)."
             )
-        report = load_or_scan(source, index_path, float(data_cfg["min_duration"]), 1, scan=False)
+        with open(index_path) as f:  # the main process's scan, as written (never rescanned here)
+            report = ScanReport.from_json(json.load(f))
     if not report.kept:
         raise ValueError(f"No usable clips in {train_data!r}:\n{report.summary()}")
 
@@ -474,7 +582,7 @@ def run_pretraining(
     steps_per_epoch = micro_per_epoch / accum
     total_steps = max(1, int(float(train_cfg["epochs"]) * micro_per_epoch // accum))
     warmup_steps = int(float(train_cfg["warmup_epochs"]) * micro_per_epoch // accum)
-    stop_step = min(total_steps, int(max_steps)) if max_steps else total_steps
+    stop_step = total_steps if max_steps is None else min(total_steps, int(max_steps))  # 0: no step
 
     # --- model and optimizer ------------------------------------------------------------------------------------
     set_seed(seed)  # the same initial weights on every process
@@ -505,14 +613,16 @@ def run_pretraining(
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: XKDForPretraining = accelerator.unwrap_model(model)
     state = TrainState(world_size=world, per_device_batch_size=batch_size)
-    accelerator.register_for_checkpointing(state)
 
     if resume:
-        path = latest_checkpoint(ckpt_root)
-        if path is None:
+        if resume_from is None:
             logger.warning("--resume: no complete checkpoint in %s; starting from scratch.", ckpt_root)
         else:
-            accelerator.load_state(path)
+            # every file was read through a safe path above (resumable_checkpoint); accelerate reads the model from
+            # safetensors and the optimizer, scaler and RNG files with weights_only=True. Nothing is registered
+            # with register_for_checkpointing (that path unpickles with weights_only=False).
+            accelerator.load_state(resume_from)
+            state.load_state_dict(load_trainer_state(resume_from))
             if state.world_size != world or state.per_device_batch_size != batch_size:
                 # the data position is counted in micro-batches of this layout: re-derive it from the clip count
                 logger.warning(
@@ -522,8 +632,8 @@ def run_pretraining(
                 )
                 state.micro_batches = state.clips // (world * batch_size)
                 state.world_size, state.per_device_batch_size = world, batch_size
-            logger.info("resumed from %s at step %d", path, state.step)
-            jsonl.write({"event": "resume", "checkpoint": path, "step": state.step})
+            logger.info("resumed from %s at step %d", resume_from, state.step)
+            jsonl.write({"event": "resume", "checkpoint": resume_from, "step": state.step})
     failures = FailureTracker(float(data_cfg["max_failure_fraction"]), int(data_cfg["failure_check_min_samples"]),
                               state.decode_attempts, state.decode_failures)
 
@@ -641,12 +751,19 @@ def run_pretraining(
                 jsonl.write({"step": state.step, "warning": warning})
 
         if every_ckpt > 0 and (state.step % every_ckpt == 0 or state.step == stop_step):
-            path = save_checkpoint(accelerator, ckpt_root, state.step, keep_last)
+            path = save_checkpoint(accelerator, ckpt_root, state.step, keep_last, state)
             if is_main:
                 jsonl.write({"event": "checkpoint", "step": state.step, "path": path})
     progress.close()
 
     # --- export ---------------------------------------------------------------------------------------------------
+    if max_steps == 0:  # a set-up check: nothing trained, so nothing to export
+        if is_main:
+            jsonl.write({"event": "done", "step": state.step, "exports": None})
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return {"step": state.step, "total_steps": total_steps, "values": {}, "exports": None,
+                "decode_failures": failures.failures, "decode_attempts": failures.attempts}
     exports = export_models(accelerator, model, output_dir, settings)
     if config["debug"]["dump_rank_state"]:
         dump_rank_state(unwrapped, os.path.join(output_dir, "rank_state"), rank)
@@ -719,5 +836,6 @@ def dump_rank_state(model: XKDForPretraining, folder: str, rank: int) -> str:
 __all__ = [
     "NonFiniteLossError", "DecodeFailureError", "TrainState", "FailureTracker", "CollapseMonitor",
     "checkpoint_name", "list_checkpoints", "latest_checkpoint", "commit_checkpoint", "save_checkpoint",
-    "build_accelerator", "clip_settings", "view_maker", "run_pretraining", "export_models", "dump_rank_state",
+    "build_accelerator", "resolve_mixed_precision", "clip_settings", "view_maker", "run_pretraining",
+    "export_models", "dump_rank_state",
 ]
