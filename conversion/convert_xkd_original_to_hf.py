@@ -10,6 +10,9 @@
 Backbone files -> an `XKDModel` folder at --output-dir. A full `checkpoint.pth.tar` -> an `XKDForPretraining`
 folder (at --output-dir when no backbone files are given, else at --pretraining-output-dir); --export-teachers DIR
 also writes its teacher encoders as an `XKDModel` folder. The mapping lives in `transformers_xkd.convert_original`.
+Every output folder is checked (distinct, empty or --overwrite, writable) before anything is converted or written;
+temporary folders left by a killed run are removed. Exit codes: 0 done, 2 bad arguments or input files (the
+message names the file or argument), 3 the upload failed.
 """
 
 from __future__ import annotations
@@ -49,16 +52,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _fail(code: int, err: Exception, cause: str) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(f"convert_xkd_original_to_hf.py: exit status {code} ({cause}): {first}", file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from transformers_xkd.configuration_xkd import XKDConfig
-    from transformers_xkd.convert_original import ConversionError, convert_to_folders, push_folder_to_hub
+    from transformers_xkd.convert_original import (
+        ConversionError,
+        convert_to_folders,
+        load_config_file,
+        push_folder_to_hub,
+    )
 
-    config = None
-    if args.config is not None:
-        config = XKDConfig.from_pretrained(str(args.config)) if args.config.is_dir() else XKDConfig.from_json_file(
-            str(args.config))
     try:
+        config = None
+        if args.config is not None:
+            config = load_config_file(args.config)
         folders = convert_to_folders(
             variant=args.variant, output_dir=args.output_dir, video_checkpoint=args.video_checkpoint,
             audio_checkpoint=args.audio_checkpoint, full_checkpoint=args.full_checkpoint,
@@ -66,17 +79,15 @@ def main(argv=None) -> int:
             config=config, role=args.role, pretraining_dataset=args.pretraining_dataset, repo_id=args.repo_id,
             overwrite=args.overwrite,
         )
-    except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ConversionError, OSError) as err:  # OSError: e.g. a folder that became unwritable while converting
+        return _fail(2, err, "bad arguments or input files")
     for name, folder in folders.items():
         print(f"wrote {name} folder: {folder}")
     if args.push_to_hub:
         try:
             url = push_folder_to_hub(args.output_dir, args.repo_id)
         except RuntimeError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 3
+            return _fail(3, err, "the upload failed; the converted folder is complete")
         print(f"pushed {args.output_dir} to {url}")
     return 0
 

@@ -7,31 +7,20 @@ fsd50k) and save a pipeline-ready classifier folder with a model card.
 
 --set KEY=VALUE overrides a recipe key (lr, layer_decay, mixup, cutmix, label_smoothing, epochs, batch_size,
 test_clips, test_crops, ...); --train-arg KEY=VALUE overrides a TrainingArguments field (max_steps=50, bf16=true).
-Exit codes: 0 done, 2 bad arguments or missing files (a report lists them).
+Repeated --set / --train-arg flags add up; a key given twice with different values, an unknown key or a value of
+the wrong type is refused before any data is read.
+Exit codes: 0 done, 2 bad arguments, missing or undecodable files (a report lists them), a checkpoint folder
+without config.json, or a training split with fewer than two classes.
 """
 
 import argparse
-import ast
 import sys
 
-from transformers_xkd.downstream.datasets import MissingMediaError, SplitFileError
-from transformers_xkd.downstream.runner import run_finetune
+from transformers_xkd.downstream.runner import parse_key_values, run_finetune
 
 
-def _pairs(items, flag):
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"error: {flag} expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = {"true": True, "false": False}.get(value.lower(), value)
-    return out
-
-
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The arguments (a function, so that options can be added next to the others)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrained", required=True, help="XKD folder or Hub id")
     p.add_argument("--dataset", required=True, choices=["folder", "ucf101", "hmdb51", "esc50"])
@@ -42,21 +31,34 @@ def main(argv=None) -> int:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--recipe", default=None, help="default: the dataset's recipe (ucf101 for a folder)")
     p.add_argument("--modality", default=None, choices=["video", "audio"])
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--train-arg", dest="train_args", nargs="*", default=[], metavar="KEY=VALUE")
+    # action="extend": the items of repeated flags add up (nargs="*" alone keeps only the last flag's)
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    p.add_argument("--train-arg", dest="train_args", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     p.add_argument("--base-model", default=None, help="Hub id of the pretrained checkpoint, for the card")
     p.add_argument("--allow-missing", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def fail(err: Exception, script: str) -> int:
+    """Print the error and, last, the exit status with its cause; return 2."""
+    print(f"error: {err}", file=sys.stderr)
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(f"{script}: exit status 2 (bad arguments, files or data): {first}", file=sys.stderr, flush=True)
+    return 2
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         run_finetune(
             args.pretrained, args.dataset, args.data_root, args.output_dir, args.recipe, args.modality,
-            args.split_dir, args.split, _pairs(args.overrides, "--set"), _pairs(args.train_args, "--train-arg"),
-            args.push_to_hub, args.base_model, args.allow_missing, test_root=args.test_root,
+            args.split_dir, args.split, parse_key_values(args.overrides, "--set"),
+            parse_key_values(args.train_args, "--train-arg"), args.push_to_hub, args.base_model, args.allow_missing,
+            test_root=args.test_root,
         )
-    except (MissingMediaError, SplitFileError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as err:  # DownstreamUsageError, MissingMediaError, SplitFileError, decoding
+        return fail(err, "training/finetune.py")
     return 0
 
 

@@ -10,14 +10,34 @@ the *_test_split<N>.txt files), esc50 (DATA_ROOT/meta/esc50.csv; --split is the 
 --cache-dir (keyed by checkpoint, file list, protocol and processors), so re-runs skip extraction. --output-dir
 receives the results JSON and, for single-modality runs, the encoder + linear head as a pipeline-ready
 classifier folder with a model card; --push-to-hub uploads that folder.
-Exit codes: 0 done, 2 bad arguments or missing files (a report lists them).
+Undecodable clips: refused (every file's header is read first; the files that cannot be decoded are listed).
+Exit codes: 0 done, 2 bad arguments, missing or undecodable files (a report lists them), a checkpoint folder
+without config.json, or a training split with fewer than two classes.
 """
 
 import argparse
 import sys
 
-from transformers_xkd.downstream.datasets import MissingMediaError, SplitFileError
 from transformers_xkd.downstream.runner import run_linear_eval
+
+
+def fail(err: Exception) -> int:
+    """Print the error and, last, the exit status with its cause; return 2."""
+    print(f"error: {err}", file=sys.stderr)
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(f"training/linear_eval.py: exit status 2 (bad arguments, files or data): {first}", file=sys.stderr,
+          flush=True)
+    return 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -32,15 +52,16 @@ def main(argv=None) -> int:
     p.add_argument("--protocol", default=None, help="clip-count preset: ucf101, hmdb51, kinetics400, esc50, "
                    "kinetics_sound (default: the dataset name)")
     p.add_argument("--classifier", default="svm", choices=["svm", "fc"])
-    p.add_argument("--costs", type=float, nargs="*", default=None, help="SVM costs (default: released sweep)")
-    p.add_argument("--train-clips", type=int, default=None)
-    p.add_argument("--test-clips", type=int, default=None)
-    p.add_argument("--probe-epochs", type=int, default=None)
+    p.add_argument("--costs", type=float, nargs="+", action="extend", default=None,
+                   help="SVM costs (default: released sweep; repeated flags add up)")
+    p.add_argument("--train-clips", type=_positive_int, default=None)
+    p.add_argument("--test-clips", type=_positive_int, default=None)
+    p.add_argument("--probe-epochs", type=_positive_int, default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--output-dir", default=None)
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     p.add_argument("--base-model", default=None, help="Hub id of the pretrained checkpoint, for the card")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-missing", action="store_true", help="skip split entries whose file is missing")
     p.add_argument("--seed", type=int, default=0)
@@ -54,9 +75,8 @@ def main(argv=None) -> int:
             args.push_to_hub, args.base_model, args.batch_size, args.device, args.allow_missing, args.probe_epochs,
             args.seed, test_root=args.test_root,
         )
-    except (MissingMediaError, SplitFileError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as err:  # DownstreamUsageError, MissingMediaError, SplitFileError, decoding
+        return fail(err)
     return 0
 
 

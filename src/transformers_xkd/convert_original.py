@@ -67,6 +67,10 @@ import torch
 __all__ = [
     "ConversionError",
     "load_original_file",
+    "check_state_dict_values",
+    "check_output_folders",
+    "remove_stale_temporary_folders",
+    "load_config_file",
     "detect_backbone_modality",
     "backbone_key_to_hf",
     "video_patch_weight_to_conv",
@@ -136,6 +140,78 @@ def load_original_file(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict):
         raise ConversionError(f"{path}: expected a dict (a state dict or a checkpoint), got {type(obj).__name__}.")
     return obj
+
+
+def check_state_dict_values(sd: Mapping, source: str) -> None:
+    """Every entry of a released state dict must be a tensor under a string key; the first that is not is named
+    (a malformed file fails here, not deep inside the key mapping)."""
+    if not isinstance(sd, Mapping) or not sd:
+        raise ConversionError(f"{source}: expected a non-empty state dict (key -> tensor), got "
+                              f"{type(sd).__name__}{' (empty)' if isinstance(sd, Mapping) else ''}.")
+    for key, value in sd.items():
+        if not isinstance(key, str):
+            raise ConversionError(f"{source}: state dict key {key!r} is a {type(key).__name__}, expected a string.")
+        if not torch.is_tensor(value):
+            raise ConversionError(f"{source}: state dict entry {key!r} is a {type(value).__name__}, expected a tensor.")
+
+
+def check_output_folders(folders: dict[str, Path], overwrite: bool) -> None:
+    """Everything about the output folders that can be checked before converting: distinct, not files, empty (or
+    ``overwrite``), and creatable in a writable parent. Runs before the first folder is written."""
+    resolved: dict[Path, str] = {}
+    for flag, folder in folders.items():
+        folder = Path(folder).resolve()
+        if folder in resolved:
+            raise ConversionError(f"{flag} and {resolved[folder]} are the same folder ({folder}); give distinct folders.")
+        for other, other_flag in resolved.items():
+            if other in folder.parents or folder in other.parents:
+                raise ConversionError(f"{flag} {folder} and {other_flag} {other} are nested; give separate folders.")
+        resolved[folder] = flag
+        if folder.exists() and not folder.is_dir():
+            raise ConversionError(f"{flag} {folder} exists and is not a folder.")
+        if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+            raise ConversionError(f"{flag} {folder} exists and is not empty; pass --overwrite to replace it.")
+        parent = folder.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConversionError(f"{flag} {folder}: cannot be written ({parent} is not a writable folder).")
+
+
+def load_config_file(path):
+    """``--config``: a config.json file (or a folder holding one) of an `XKDConfig`; anything else raises a
+    `ConversionError` naming the file."""
+    from .configuration_xkd import XKDConfig
+
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ConversionError(f"--config {path}: no such file"
+                              + (" (the folder has no config.json)." if path.is_dir() else "."))
+    try:
+        values = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConversionError(f"--config {file}: not a JSON file ({err}).") from None
+    if not isinstance(values, dict) or values.get("model_type", "xkd") != "xkd":
+        raise ConversionError(f"--config {file}: expected the config.json of an XKDConfig (model_type 'xkd').")
+    try:
+        return XKDConfig.from_json_file(str(file))
+    except (TypeError, ValueError) as err:
+        raise ConversionError(f"--config {file}: not a valid XKDConfig ({err}).") from None
+
+
+def remove_stale_temporary_folders(output_dir) -> list[Path]:
+    """Delete ``.<name>.tmp-*`` / ``.<name>.old-*`` siblings left by a conversion that was killed mid-write."""
+    output_dir = Path(output_dir).resolve()
+    if not output_dir.parent.is_dir():
+        return []
+    removed = []
+    for pattern in (f".{output_dir.name}.tmp-*", f".{output_dir.name}.old-*"):
+        for stale in output_dir.parent.glob(pattern):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+                removed.append(stale)
+    return removed
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -805,6 +881,8 @@ def build_model_from_backbones(
 
     video_sd = load_original_file(video_path)
     audio_sd = load_original_file(audio_path)
+    check_state_dict_values(video_sd, f"--video-checkpoint {video_path}")
+    check_state_dict_values(audio_sd, f"--audio-checkpoint {audio_path}")
     roles = {infer_role_from_filename(video_path), infer_role_from_filename(audio_path)} - {None}
     if role is None and len(roles) == 1:
         role = roles.pop()
@@ -846,6 +924,7 @@ def build_pretraining_model_from_checkpoint(path, variant: str, config=None):
         raise ConversionError(
             f"--full-checkpoint {path}: no 'model' entry; a backbone file goes to --video-checkpoint/--audio-checkpoint."
         )
+    check_state_dict_values(checkpoint["model"], f"--full-checkpoint {path} ['model']")
     if config is None:
         config = infer_config_from_full_checkpoint(checkpoint, variant)
     state = convert_full_checkpoint(checkpoint, config, source=f"--full-checkpoint {path}")
@@ -1001,6 +1080,20 @@ def convert_to_folders(
     output_dir = Path(output_dir)
     written: dict[str, Path] = {}
     card_common = {"variant": variant, "pretraining_dataset": pretraining_dataset}
+    # Every output folder's preconditions before any (slow) conversion and before the first folder is written.
+    targets: dict[str, Path] = {}
+    if video_checkpoint is not None:
+        targets["--output-dir"] = output_dir
+    if full_checkpoint is not None:
+        flag = "--output-dir" if video_checkpoint is None else "--pretraining-output-dir"
+        targets[flag] = output_dir if video_checkpoint is None else Path(pretraining_output_dir or f"{output_dir}-pretraining")
+        if export_teachers_dir is not None:
+            targets["--export-teachers"] = Path(export_teachers_dir)
+    elif export_teachers_dir is not None:
+        raise ConversionError("--export-teachers needs --full-checkpoint.")
+    check_output_folders(targets, overwrite)
+    for folder in targets.values():
+        remove_stale_temporary_folders(folder)
 
     # Convert everything in memory first, so that a bad input fails before any folder is written.
     jobs: list[tuple[str, Path, object, dict, dict, bool]] = []
