@@ -543,3 +543,46 @@ def test_two_processes_end_with_identical_teachers_and_centers(media, tmp_path):
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert rank0["video_teacher_center"].abs().sum() > 0
+
+
+class _SystemPayload:
+    """A pickle whose loading runs a shell command (creates ``marker``): what a planted checkpoint would hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_reads_no_pickle_a_planted_checkpoint_runs_nothing(straight_run, media, tmp_path):
+    """Issue 11.2: a payload in every file of the latest checkpoint; --resume creates nothing (no marker file, no
+    new or changed file in the run folder) and stops with exit 2 naming the file."""
+    import hashlib
+    import pickle
+    import shutil
+
+    straight, _ = straight_run
+    out = tmp_path / "planted"
+    shutil.copytree(straight, out)
+    latest = out / "checkpoints" / "step-00000004"
+    marker = tmp_path / "PWNED"
+    payload = pickle.dumps(_SystemPayload(marker))
+    planted = sorted(p.name for p in latest.iterdir())
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"} <= set(planted)
+    assert "custom_checkpoint_0.pkl" not in planted  # the trainer's own state is JSON now
+    for path in latest.iterdir():
+        path.write_bytes(payload)
+
+    def tree():
+        return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(out.rglob("*")) if p.is_file()}
+
+    before = tree()
+    result = _run([PYTHON, *_pretrain_args(media, out, "--max-steps", str(STEPS + 2), "--resume")])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert not marker.exists()
+    assert tree() == before
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("training/pretrain.py: exit status 2") and "step-00000004" in last
+    assert "holds pickled objects that are not tensors" in last and "Nothing was loaded" in last
