@@ -783,3 +783,61 @@ def eval_rename_inverse(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             key = "cuboid_embed" + key[len("patch_embed"):]
         out[key] = value
     return out
+
+
+def _converter_cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convert_cli_errors", CLI)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def test_cli_user_errors_exit_2_naming_the_file_before_anything_is_written(tmp_path, capsys):
+    """Issue 11.7: a --config that is not JSON, an unwritable output folder, two outputs into one folder and a
+    malformed state dict value each exit 2 with a message naming the file or argument; nothing is written; stale
+    temporary folders of a killed run are removed."""
+    cli = _converter_cli()
+    config, video, audio, vpath, apath = write_pair(tmp_path, "xkd", seed=3)
+    cfg_path = tmp_path / "tiny_config.json"
+    config.to_json_file(str(cfg_path))
+    base = ["--video-checkpoint", str(vpath), "--audio-checkpoint", str(apath), "--variant", "xkd"]
+
+    def run(*extra):
+        rc = cli.main([*base, *extra])
+        err = capsys.readouterr().err
+        return rc, err, err.strip().splitlines()[-1]
+
+    not_json = tmp_path / "config.yaml"
+    not_json.write_text("hidden_size: 8\n")
+    rc, err, last = run("--output-dir", str(tmp_path / "a"), "--config", str(not_json))
+    assert rc == 2 and f"--config {not_json}: not a JSON file" in err
+    assert last.startswith("convert_xkd_original_to_hf.py: exit status 2 (bad arguments or input files)")
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    rc, err, _ = run("--output-dir", str(blocker / "out"), "--config", str(cfg_path))
+    assert rc == 2 and "--output-dir" in err and "is not a writable folder" in err
+
+    full = tmp_path / "checkpoint.pth.tar"
+    torch.save(released_full_checkpoint(config, seed=1), full)
+    same = tmp_path / "same"
+    rc, err, _ = run("--output-dir", str(same), "--config", str(cfg_path), "--full-checkpoint", str(full),
+                     "--pretraining-output-dir", str(same))
+    assert rc == 2 and "--pretraining-output-dir and --output-dir are the same folder" in err
+    assert not same.exists()
+
+    bad_sd = dict(video)
+    bad_sd[next(iter(bad_sd))] = "not a tensor"
+    bad_path = tmp_path / "XKD_pretext_kinetics400_ep799vid_teacher_bad.pth.tar"
+    torch.save(bad_sd, bad_path)
+    out = tmp_path / "out"
+    stale = tmp_path / ".out.tmp-killed"  # what a conversion killed mid-write leaves next to its folder
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"partial")
+    rc = cli.main(["--video-checkpoint", str(bad_path), "--audio-checkpoint", str(apath), "--variant", "xkd",
+                   "--output-dir", str(out), "--config", str(cfg_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(bad_path) in err and f"entry {next(iter(bad_sd))!r} is a str, expected a tensor" in err
+    assert not out.exists() and not stale.exists()
