@@ -101,7 +101,8 @@ def test_repeated_set_flags_all_apply_and_a_conflict_is_refused():
         3, 0, 2e-4)
 
     assert parse_overrides(["train.lr=1e-3", "train.lr=0.001"]) == {"train": {"lr": 1e-3}}  # same value: fine
-    with pytest.raises(ConfigError, match=r"--set train\.lr is given twice with different values \('1e-3' and '2e-3'\)"):
+    twice = r"--set train\.lr is given twice with different values \('1e-3' and '2e-3'\)"
+    with pytest.raises(ConfigError, match=twice):
         parse_overrides(["train.lr=1e-3", "train.lr=2e-3"])
     with pytest.raises(ConfigError, match="overlap"):
         parse_overrides(["model.video_config={hidden_size: 8}", "model.video_config.hidden_size=16"])
@@ -246,7 +247,8 @@ def test_resume_with_a_shape_change_is_refused_before_anything_is_written(tmp_pa
     saved = json.dumps(config, indent=2)
     (out / "pretraining_config.json").write_text(saved)
     before = sorted(p.name for p in out.rglob("*"))
-    with pytest.raises(RunFolderError, match=r"changes parameter shapes .*audio_teacher_center: \(1, 64\) -> \(1, 128\)"):
+    shapes = r"changes parameter shapes .*audio_teacher_center: \(1, 64\) -> \(1, 128\)"
+    with pytest.raises(RunFolderError, match=shapes):
         run_pretraining(changed, str(clips), str(out), resume=True)
     assert (out / "pretraining_config.json").read_text() == saved
     assert sorted(p.name for p in out.rglob("*")) == before
@@ -302,6 +304,7 @@ class _Payload:
         return (pathlib.Path.touch, (pathlib.Path(self.marker),))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the planted payload
 def test_checkpoint_files_are_read_only_through_safe_paths(tmp_path, caplog):
     old = _fake_checkpoint(tmp_path / "step-00000002", 2)
     new = _fake_checkpoint(tmp_path / "step-00000004", 4)

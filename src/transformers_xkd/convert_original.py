@@ -162,7 +162,8 @@ def check_output_folders(folders: dict[str, Path], overwrite: bool) -> None:
     for flag, folder in folders.items():
         folder = Path(folder).resolve()
         if folder in resolved:
-            raise ConversionError(f"{flag} and {resolved[folder]} are the same folder ({folder}); give distinct folders.")
+            raise ConversionError(
+                f"{flag} and {resolved[folder]} are the same folder ({folder}); give distinct folders.")
         for other, other_flag in resolved.items():
             if other in folder.parents or folder in other.parents:
                 raise ConversionError(f"{flag} {folder} and {other_flag} {other} are nested; give separate folders.")
