@@ -209,6 +209,16 @@ def test_launcher_precision_wins_and_max_steps_zero_runs_no_step(clips, tmp_path
     assert again.returncode == 2 and "already holds a run" in again.stderr and "--overwrite" in again.stderr
     assert _last_line(again.stderr).startswith("training/pretrain.py: exit status 2")
     assert sorted(p.name for p in out.rglob("*")) == before
+    # --overwrite replaces that run's files only
+    (out / "notes.txt").write_text("mine")
+    replaced = _run([sys.executable, "training/pretrain.py", "--config", TINY, "--train-data", str(clips),
+                     "--output-dir", str(out), "--max-steps", "0", "--overwrite"])
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert "--overwrite: deleted" in replaced.stderr and (out / "notes.txt").read_text() == "mine"
+    saved = json.loads((out / "pretraining_config.json").read_text())
+    assert saved["checkpoint"]["every_steps"] == 4  # tiny.yaml's, not the replaced run's --set value
+    assert [json.loads(line).get("event") for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()
+            ].count("setup") == 1  # a fresh log, not appended to the old one
 
 
 # ----------------------------------------------------------------------------------------------------------------
