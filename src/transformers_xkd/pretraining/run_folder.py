@@ -24,8 +24,8 @@ import torch
 logger = logging.getLogger("transformers_xkd.pretraining")
 
 TRAINER_STATE_NAME = "trainer_state.json"
-#: accelerate < our JSON state: the counters were a pickle written by ``register_for_checkpointing``; still read,
-#: but only with ``weights_only=True`` (it holds plain integers).
+#: Checkpoints written before the JSON state kept the counters in accelerate's ``register_for_checkpointing``
+#: pickle; it is still read, but only with ``weights_only=True`` (it holds plain integers).
 LEGACY_TRAINER_STATE_NAME = "custom_checkpoint_0.pkl"
 CONFIG_NAME = "pretraining_config.json"
 INDEX_NAME = "clip_index.json"

@@ -10,9 +10,10 @@ The learning rate (warm-up + cosine), EMA momentum and teacher temperatures are 
 epoch-seeded order), and the random augmentations of step ``s`` are drawn after seeding with ``(seed, s)``. So a
 checkpoint needs only the model, optimizer, scaler and the step, and ``--resume`` continues bit-exactly on a CPU.
 
-Checkpoints (``OUT/checkpoints/step-00000100``) are ``accelerator.save_state`` folders written to a temporary
-folder and renamed into place only when complete: a kill during the write leaves the previous checkpoint as the
-latest. At the end, ``OUT/pretraining`` (the whole ``XKDForPretraining``) and ``OUT/teachers`` (an ``XKDModel``
+Checkpoints (``OUT/checkpoints/step-00000100``) are ``accelerator.save_state`` folders plus ``trainer_state.json``
+(the counters; nothing is registered with accelerate's pickling ``register_for_checkpointing``), written to a
+temporary folder and renamed into place only when complete: a kill during the write leaves the previous checkpoint
+as the latest. ``--resume`` reads them only through safe paths (:mod:`.run_folder`). At the end, ``OUT/pretraining`` (the whole ``XKDForPretraining``) and ``OUT/teachers`` (an ``XKDModel``
 with the EMA teachers, what the paper evaluates, with the feature extractor) are written with ``save_pretrained``.
 """
 
