@@ -48,6 +48,7 @@ __all__ = [
     "refine_features",
     "gaussian_mmd",
     "cross_modal_distillation_loss",
+    "XKDCrossModalDistillationLoss",
     "combine_losses",
     "ema_update",
 ]
@@ -196,6 +197,18 @@ def _check_audio_input(input_values: torch.Tensor, config: XKDAudioConfig, name:
     _check_finite(name, input_values)
 
 
+def _precise_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 when any input is float64, else float32: the precision-critical reductions never run below float32
+    and never downcast a float64 caller (tests and references compare in float64)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _autocast_off(tensor: torch.Tensor):
+    """Disable autocast for one block: under bf16 autocast the matmuls inside a loss (the MMD's distance `addmm`)
+    are cast down to bf16 even when their inputs were cast up to float32."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Patchify (the released flattening orders) and masking
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,7 +287,7 @@ def _interpolate_video_position_embeddings(
     grid = patch_pos.reshape(1, t0, h0, w0, dim).permute(0, 4, 1, 2, 3)
     # scale_factor (not size) is what the released code passes; torch uses it as given in the coordinate mapping.
     grid = F.interpolate(
-        grid.float(),
+        grid.to(_precise_dtype(grid)),  # bf16 position tables are interpolated in float32; float64 stays
         scale_factor=((t1 + 0.1) / t0, (h1 + 0.1) / h0, (w1 + 0.1) / w0),
         mode="trilinear",
         align_corners=False,
@@ -297,7 +310,7 @@ def _interpolate_audio_position_embeddings(
     f1, t1 = target_grid
     grid = patch_pos.reshape(1, f0, t0, dim).permute(0, 3, 1, 2)
     grid = F.interpolate(
-        grid.float(), scale_factor=(1.0, (t1 + 0.1) / t0), mode="bicubic", align_corners=False
+        grid.to(_precise_dtype(grid)), scale_factor=(1.0, (t1 + 0.1) / t0), mode="bicubic", align_corners=False
     ).to(patch_pos.dtype)
     if grid.shape[-2:] != (f1, t1):
         raise ValueError(f"position-embedding interpolation gave grid {tuple(grid.shape[-2:])}, expected {target_grid}.")
@@ -516,7 +529,7 @@ class XKDAttention(nn.Module):
         query = F.linear(hidden_states[:, :1], w_q, b_q).reshape(batch, 1, self.num_heads, self.head_dim)
         key = F.linear(hidden_states, w_k, b_k).reshape(batch, length, self.num_heads, self.head_dim)
         logits = torch.einsum("bqhd,bkhd->bhqk", query, key).squeeze(2) * self.scaling
-        return logits.float().softmax(dim=-1)
+        return logits.to(_precise_dtype(logits)).softmax(dim=-1)
 
 
 class XKDMLP(nn.Module):
@@ -609,9 +622,8 @@ class _XKDInitMixin:
             bound = 1.0 / math.sqrt(module.weight_v.shape[1])
             init.uniform_(module.weight_v, -bound, bound)
             init.ones_(module.weight_g)
-        elif isinstance(module, XKDForPretraining):
-            init.zeros_(module.video_teacher_center)
-            init.zeros_(module.audio_teacher_center)
+        elif isinstance(module, XKDCrossModalDistillationLoss):
+            init.zeros_(module.center)
 
 
 # When a single tower (or its classifier) loads from an XKDModel / XKDForPretraining folder, the other tower, the
@@ -935,13 +947,19 @@ def masked_reconstruction_loss(
     Args:
         prediction, target: `(B, N, patch_dim)`; mask: `(B, N)`, 1 = masked.
         norm_pix_loss: standardise each target patch with its mean and unbiased variance, (x - mu) / sqrt(var + 1e-6).
+
+    Computed in float32 with autocast off (float64 if an input is float64): the per-patch variance of a bf16 target
+    loses the small patches' contrast, and the 1e-6 of the denominator is below bf16's resolution of 1.
     """
-    if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1.0e-6) ** 0.5
-    per_patch = ((prediction.float() - target.float()) ** 2).mean(dim=-1)
-    return (per_patch * mask).sum() / mask.sum()
+    dtype = _precise_dtype(prediction, target)
+    with _autocast_off(prediction):
+        prediction, target, mask = prediction.to(dtype), target.to(dtype), mask.to(dtype)
+        if norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        per_patch = ((prediction - target) ** 2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()
 
 
 def cross_modal_attention_weights(
@@ -956,8 +974,9 @@ def cross_modal_attention_weights(
 
     Returns: video weights `(B, H, Nv)`, audio weights `(B, H, Na)`.
     """
-    v = video_attention.float()
-    a = audio_attention.float()
+    dtype = _precise_dtype(video_attention, audio_attention)
+    v = video_attention.to(dtype)
+    a = audio_attention.to(dtype)
     v_mean = v.mean(dim=-1, keepdim=True)
     a_mean = a.mean(dim=-1, keepdim=True)
     video_rows = v * a_mean  # mean over audio tokens of M, for each video token
@@ -994,6 +1013,13 @@ def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, gammas) -> torch.Tensor:
     K(a, b) = sum_gamma exp(-gamma ||a - b||^2); MMD^2 = mean K(x, x) + mean K(y, y) - 2 mean K(x, y), diagonals
     included. Squared distances are ||a||^2 + ||b||^2 - 2 a.b clamped at 1e-30, as released (DomainBed).
 
+    Precision (why this is not the released code's arithmetic, though it is its formula): the projector's rows are
+    LayerNorm-ed, so ||a||^2 = d = 8192, while early in training the rows differ by a few percent; the expansion
+    then cancels catastrophically. Measured on such rows: float32 is 10 % off, bf16 (what autocast gives the
+    `addmm`) returns 0 or even negative values. So: (1) autocast is disabled and the computation runs in float32
+    (float64 stays float64); (2) both sets are first shifted by their common mean, which leaves every distance
+    unchanged but makes the norms as small as the spread: float32 is then within ~1e-4 (relative) of float64.
+
     Args:
         x: `(n, d)`, y: `(m, d)`; gammas: the kernel bandwidths.
     """
@@ -1004,8 +1030,12 @@ def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, gammas) -> torch.Tensor:
         distances = torch.addmm(b_sq.transpose(0, 1), a, b.transpose(0, 1), alpha=-2).add_(a_sq).clamp_min_(1e-30)
         return sum(torch.exp(distances * -gamma) for gamma in gammas)
 
-    x, y = x.float(), y.float()
-    return kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean()
+    dtype = _precise_dtype(x, y)
+    with _autocast_off(x):
+        x, y = x.to(dtype), y.to(dtype)
+        shift = torch.cat([x, y]).mean(dim=0, keepdim=True).detach()  # translation-invariant: distances unchanged
+        x, y = x - shift, y - shift
+        return kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean()
 
 
 def cross_modal_distillation_loss(
@@ -1027,6 +1057,10 @@ def cross_modal_distillation_loss(
         teacher_logits: `(B, K)`; center: `(1, K)`.
 
     Returns: loss, mean teacher entropy, mean KL(q || p), and the teacher batch mean `(1, K)` (for the center).
+
+    Computed in float32 with autocast off (float64 stays float64): the centring subtracts two nearly equal
+    numbers and the temperatures (0.07-0.1) multiply the difference by 10-14 before the exponential, so a bf16
+    teacher - center (8 bits) would decide the target distribution.
     """
     batch = teacher_logits.shape[0]
     if student_logits.shape[0] % batch:
@@ -1034,15 +1068,50 @@ def cross_modal_distillation_loss(
             f"student logits ({student_logits.shape[0]} rows) are not a whole number of views of batch {batch}."
         )
     views = student_logits.shape[0] // batch
-    teacher = teacher_logits.detach().float()
-    q = F.softmax((teacher - center) / teacher_temperature, dim=-1).repeat(views, 1)
-    log_p = F.log_softmax(student_logits.float() / student_temperature, dim=-1)
-    loss = -(q * log_p).sum(dim=-1).mean()
-    with torch.no_grad():
-        log_q = torch.log(q.clamp_min(1e-30))
-        entropy = -(q * log_q).sum(dim=-1).mean()
-        kl = (q * (log_q - log_p)).sum(dim=-1).mean()
-    return loss, entropy, kl, teacher.mean(dim=0, keepdim=True)
+    dtype = _precise_dtype(student_logits, teacher_logits)
+    with _autocast_off(student_logits):
+        teacher = teacher_logits.detach().to(dtype)
+        q = F.softmax((teacher - center.to(dtype)) / teacher_temperature, dim=-1).repeat(views, 1)
+        log_p = F.log_softmax(student_logits.to(dtype) / student_temperature, dim=-1)
+        loss = -(q * log_p).sum(dim=-1).mean()
+        with torch.no_grad():
+            log_q = torch.log(q.clamp_min(1e-30))
+            entropy = -(q * log_q).sum(dim=-1).mean()
+            kl = (q * (log_q - log_p)).sum(dim=-1).mean()
+        return loss, entropy, kl, teacher.mean(dim=0, keepdim=True)
+
+
+class XKDCrossModalDistillationLoss(nn.Module):
+    """One direction of the cross-modal distillation (Eq. 10-11) with the state it owns: the centre of the
+    teacher's outputs (DINO's centring), as DINOv2's `DINOLoss` owns its `center`.
+
+    `forward` gives the loss, the teacher entropy, KL(q || p) and the teacher batch mean (see
+    `cross_modal_distillation_loss`); `update_center` moves the centre, c <- m c + (1 - m) mean_batch(t), with the
+    batch mean averaged over processes when torch.distributed is initialised (so every rank keeps the same centre).
+
+    The buffer is `center` `(1, K)`. `XKDForPretraining` saves it under the names checkpoints have always used
+    (`video_teacher_center`, `audio_teacher_center`), see `XKDForPretraining._CENTER_KEYS`.
+    """
+
+    def __init__(self, output_size: int, center_momentum: float):
+        super().__init__()
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, output_size))
+
+    def forward(self, student_logits, teacher_logits, teacher_temperature: float, student_temperature: float):
+        return cross_modal_distillation_loss(
+            student_logits, teacher_logits, self.center, teacher_temperature, student_temperature
+        )
+
+    @torch.no_grad()
+    def update_center(self, batch_mean: torch.Tensor) -> None:
+        """c <- m c + (1 - m) batch mean; the batch mean is averaged over processes when distributed."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            batch_mean = batch_mean.clone()
+            torch.distributed.all_reduce(batch_mean)
+            batch_mean /= torch.distributed.get_world_size()
+        m = self.center_momentum
+        self.center.mul_(m).add_(batch_mean.to(self.center.dtype), alpha=1 - m)
 
 
 def combine_losses(reconstruction, alignment, distillation, config: XKDConfig) -> torch.Tensor:
@@ -1167,8 +1236,11 @@ class XKDForPretraining(XKDPreTrainedModel):
         self.audio_student_head = XKDProjectionHead(config, a_cfg.hidden_size)
         self.video_decoder = XKDDecoder(config, v_cfg, v_cfg.num_patches, v_cfg.patch_dim)
         self.audio_decoder = XKDDecoder(config, a_cfg, a_cfg.num_patches, a_cfg.patch_dim)
-        self.register_buffer("video_teacher_center", torch.zeros(1, config.projector_output_size))
-        self.register_buffer("audio_teacher_center", torch.zeros(1, config.projector_output_size))
+        # Eq. 10-11, each direction with the centre of its teacher: the video teacher teaches the audio student
+        self.video_to_audio_distillation = XKDCrossModalDistillationLoss(
+            config.projector_output_size, config.center_momentum)
+        self.audio_to_video_distillation = XKDCrossModalDistillationLoss(
+            config.projector_output_size, config.center_momentum)
         self.post_init()
         self.copy_students_to_teachers()
 
@@ -1248,11 +1320,54 @@ class XKDForPretraining(XKDPreTrainedModel):
 
     # --- saving: shared blocks ---------------------------------------------------------------------------------
 
+    # The distillation-loss modules own the centres; checkpoints (save_pretrained, accelerate's save_state, the
+    # converter) have always named them `video_teacher_center` / `audio_teacher_center` and keep doing so. These are
+    # the only keys whose saved name differs from the module path; `state_dict` writes the saved names, loading
+    # accepts both, and the attributes of those names read and replace the modules' buffers.
+    _CENTER_KEYS = {"video_teacher_center": "video_to_audio_distillation.center",
+                    "audio_teacher_center": "audio_to_video_distillation.center"}
+
+    @property
+    def video_teacher_center(self) -> torch.Tensor:
+        """Centre of the video teacher's outputs `(1, K)` (owned by `video_to_audio_distillation`)."""
+        return self.video_to_audio_distillation.center
+
+    @property
+    def audio_teacher_center(self) -> torch.Tensor:
+        """Centre of the audio teacher's outputs `(1, K)` (owned by `audio_to_video_distillation`)."""
+        return self.audio_to_video_distillation.center
+
+    def __setattr__(self, name, value):
+        # transformers' loader sets a loaded tensor with setattr(model, saved_name, tensor) (wrapped as a
+        # Parameter, since the saved name is not one of this module's own buffers): route it to the owner's buffer.
+        if name in type(self)._CENTER_KEYS and isinstance(value, torch.Tensor):
+            tensor = value.detach() if isinstance(value, nn.Parameter) else value
+            if getattr(value, "_is_hf_initialized", False):
+                tensor._is_hf_initialized = True  # loaded: the init pass must not zero it again
+            owner = self._CENTER_KEYS[name].rpartition(".")[0]
+            setattr(getattr(self, owner), "center", tensor)
+            return
+        super().__setattr__(name, value)
+
+    def get_parameter_or_buffer(self, target: str):
+        return super().get_parameter_or_buffer(self._CENTER_KEYS.get(target, target))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torch's load_state_dict (accelerate's load_state, tests): saved names -> module paths, in place
+        for saved, path in self._CENTER_KEYS.items():
+            if prefix + saved in state_dict:
+                state_dict[prefix + path] = state_dict.pop(prefix + saved)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def state_dict(self, *args, **kwargs):
         # MAS/MATS share one block stack between two towers. Saving writes every tower in full (as the released
         # backbone files do) so that each tower loads on its own; the duplicates are cloned because safetensors
         # refuses aliased tensors. Loading writes the same values into the shared module twice.
         state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for saved, path in self._CENTER_KEYS.items():
+            if prefix + path in state:
+                state[prefix + saved] = state.pop(prefix + path)
         if not self.config.shares_student_blocks:
             return state
         seen = set()
@@ -1280,15 +1395,6 @@ class XKDForPretraining(XKDPreTrainedModel):
         )
         return refine_features(video_tokens, video_weights), refine_features(audio_tokens, audio_weights)
 
-    @torch.no_grad()
-    def _update_center(self, center: torch.Tensor, batch_mean: torch.Tensor) -> None:
-        """center <- m center + (1 - m) batch mean; the batch mean is averaged over processes when distributed."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            batch_mean = batch_mean.clone()
-            torch.distributed.all_reduce(batch_mean)
-            batch_mean /= torch.distributed.get_world_size()
-        m = self.config.center_momentum
-        center.mul_(m).add_(batch_mean.to(center.dtype), alpha=1 - m)
 
     @can_return_tuple
     def forward(
@@ -1355,11 +1461,11 @@ class XKDForPretraining(XKDPreTrainedModel):
             v_teacher = self.video_teacher_head(v_feat)
             a_teacher = self.audio_teacher_head(a_feat)
 
-        kd_v2a, ent_v, kl_v2a, mean_v = cross_modal_distillation_loss(
-            a_student, v_teacher, self.video_teacher_center, tau_v, cfg.student_temperature
+        kd_v2a, ent_v, kl_v2a, mean_v = self.video_to_audio_distillation(
+            a_student, v_teacher, tau_v, cfg.student_temperature
         )
-        kd_a2v, ent_a, kl_a2v, mean_a = cross_modal_distillation_loss(
-            v_student, a_teacher, self.audio_teacher_center, tau_a, cfg.student_temperature
+        kd_a2v, ent_a, kl_a2v, mean_a = self.audio_to_video_distillation(
+            v_student, a_teacher, tau_a, cfg.student_temperature
         )
         distillation = (kd_v2a + kd_a2v) / 2
 
@@ -1371,8 +1477,8 @@ class XKDForPretraining(XKDPreTrainedModel):
         loss = combine_losses(reconstruction, alignment, distillation, cfg)
 
         if self.training:
-            self._update_center(self.video_teacher_center, mean_v)
-            self._update_center(self.audio_teacher_center, mean_a)
+            self.video_to_audio_distillation.update_center(mean_v)
+            self.audio_to_video_distillation.update_center(mean_a)
 
         return XKDForPretrainingOutput(
             loss=loss,
