@@ -10,7 +10,10 @@ Tensor layouts (as VideoMAE and AST take them):
 """
 
 
+import logging
 import math
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,10 +26,13 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import logging as hf_logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_xkd import XKDAudioConfig, XKDConfig, XKDVideoConfig
+
+logger = hf_logging.get_logger(__name__)
 
 __all__ = [
     "XKDVideoModel",
@@ -634,7 +640,132 @@ _NOT_THE_AUDIO_TOWER = [r"^video_model\.", r"^video_student\.", r"^audio_student
                         r"_teacher_center$"]
 
 
-class XKDVideoPreTrainedModel(_XKDInitMixin, PreTrainedModel):
+class _DropLoadReport(logging.Filter):
+    """Hides transformers' multi-line LOAD REPORT while `from_pretrained` runs: `_XKDLoudLoadingMixin` raises with
+    the same key names instead (or writes its one-line note for a fresh head)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+def _is_safetensors_error(error: BaseException) -> bool:
+    return type(error).__name__ == "SafetensorError" or "deserializing header" in str(error)
+
+
+def _unreadable_safetensors(folder: str) -> str | None:
+    """The first `*.safetensors` file of a local folder that safetensors cannot open (truncated, not a file)."""
+    from safetensors import safe_open
+
+    if not os.path.isdir(folder):
+        return None
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            path = os.path.join(folder, name)
+            try:
+                with safe_open(path, framework="pt") as handle:
+                    handle.keys()
+            except Exception:  # noqa: BLE001 - any failure to open is what we report
+                return path
+    return None
+
+
+def _list_keys(keys, limit: int = 8) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+class _XKDLoudLoadingMixin:
+    """`from_pretrained` that stops when the weights do not fit the model (DEVELOPERS rule "loading is loud").
+
+    transformers 5 only logs a report of missing, unexpected and mismatched keys and initialises whatever is
+    missing. Built on that report (`output_loading_info`): any missing, unexpected or (size-)mismatched key raises
+    a `ValueError` naming the keys, except for the one expected case, a fresh classification head on a backbone
+    folder (`_fresh_head_keys`), which loads with a one-line note naming the new head keys. Leftovers that a class
+    declares expected (`_keys_to_ignore_on_load_unexpected`: a tower from an XKDModel or pretraining folder) are
+    not errors. `allow_partial_load=True` loads anyway, with a one-line warning. A `*.safetensors` file that
+    cannot be read (truncated) is named.
+    """
+
+    _fresh_head_keys: tuple[str, ...] = ()  # regexes of keys a backbone folder lacks by design (new heads)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_partial_load: bool = False, **kwargs):
+        want_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched = kwargs.get("ignore_mismatched_sizes", False)
+        # Mismatches are judged below (a resized head is the fresh-head case), so transformers must not raise first.
+        kwargs["ignore_mismatched_sizes"] = True
+        report_logger = logging.getLogger(PreTrainedModel.__module__)
+        report_filter = _DropLoadReport()
+        report_logger.addFilter(report_filter)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except Exception as error:
+            if not _is_safetensors_error(error):
+                raise
+            folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder", "") or "")
+            bad = _unreadable_safetensors(folder) or os.path.join(folder, "model.safetensors")
+            raise OSError(
+                f"cannot read the weights file {bad}: {error}. The file is truncated or damaged (an interrupted "
+                "download or copy?); copy or save it again."
+            ) from error
+        finally:
+            report_logger.removeFilter(report_filter)
+        cls._check_loading_info(model, info, pretrained_model_name_or_path, ignore_mismatched, allow_partial_load)
+        return (model, info) if want_info else model
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        # transformers merges every child's `_keys_to_ignore_on_load_unexpected` into the parent's; the towers' rule
+        # ("the other tower is an expected leftover") would then hide any unexpected key of XKDModel or
+        # XKDForPretraining. Only the loaded class's own rule applies.
+        merged = self._keys_to_ignore_on_load_unexpected
+        self._keys_to_ignore_on_load_unexpected = set(type(self)._keys_to_ignore_on_load_unexpected or [])
+        try:
+            super()._adjust_missing_and_unexpected_keys(loading_info)
+        finally:
+            self._keys_to_ignore_on_load_unexpected = merged
+
+    @classmethod
+    def _check_loading_info(cls, model, info, source, ignore_mismatched: bool, allow_partial_load: bool) -> None:
+        fresh = re.compile("|".join(cls._fresh_head_keys)) if cls._fresh_head_keys else None
+        is_head = (lambda key: fresh is not None and fresh.search(key) is not None)  # noqa: E731
+        missing = set(info["missing_keys"])
+        unexpected = set(info["unexpected_keys"])
+        mismatched = {key: (tuple(a), tuple(b)) for key, a, b in info["mismatched_keys"]}
+        new_head = {key for key in missing if is_head(key)}
+        if ignore_mismatched:  # a head resized on purpose (other num_labels) is a fresh head too
+            new_head |= {key for key in mismatched if is_head(key)}
+        problems = []
+        if missing - new_head:
+            problems.append(f"keys missing from the folder (would be left at random init): {_list_keys(missing - new_head)}")
+        if unexpected:
+            problems.append(f"keys in the folder but not in {type(model).__name__} (would be dropped): {_list_keys(unexpected)}")
+        bad_shapes = {key: shapes for key, shapes in mismatched.items() if key not in new_head}
+        if bad_shapes:
+            shown = [f"{key} {shapes[0]} in the folder vs {shapes[1]} in the model" for key, shapes in
+                     sorted(bad_shapes.items())[:8]]
+            problems.append("keys of another shape: " + "; ".join(shown) + (" ..." if len(bad_shapes) > 8 else ""))
+        if bad_shapes and all(is_head(key) for key in bad_shapes):
+            problems.append("for a new head with another number of labels pass ignore_mismatched_sizes=True")
+        if problems and not allow_partial_load:
+            raise ValueError(
+                f"{type(model).__name__}.from_pretrained({str(source)!r}): the weights do not fit this model: "
+                + "; ".join(problems)
+                + ". Is it the right class for this folder (a tower folder holds one XKDVideoModel/XKDAudioModel, "
+                "an XKDModel folder both teachers, only a pretraining folder fits XKDForPretraining)? Pass "
+                "allow_partial_load=True to load it anyway."
+            )
+        if problems:
+            logger.warning(f"{type(model).__name__}: partial load from {source} (allow_partial_load=True): "
+                           + "; ".join(problems))
+        if new_head:
+            logger.warning(f"{type(model).__name__}: new head initialised from scratch (not in {source}): "
+                           f"{_list_keys(new_head)}")
+
+
+class XKDVideoPreTrainedModel(_XKDLoudLoadingMixin, _XKDInitMixin, PreTrainedModel):
     config: XKDVideoConfig
     _keys_to_ignore_on_load_unexpected = _NOT_THE_VIDEO_TOWER
     base_model_prefix = "video_model"
@@ -649,7 +780,7 @@ class XKDVideoPreTrainedModel(_XKDInitMixin, PreTrainedModel):
     _can_record_outputs = {"hidden_states": XKDLayer, "attentions": XKDAttention}
 
 
-class XKDAudioPreTrainedModel(_XKDInitMixin, PreTrainedModel):
+class XKDAudioPreTrainedModel(_XKDLoudLoadingMixin, _XKDInitMixin, PreTrainedModel):
     config: XKDAudioConfig
     _keys_to_ignore_on_load_unexpected = _NOT_THE_AUDIO_TOWER
     base_model_prefix = "audio_model"
@@ -764,6 +895,8 @@ class XKDAudioModel(XKDAudioPreTrainedModel):
 class XKDForVideoClassification(XKDVideoPreTrainedModel):
     """Video encoder + dropout + linear on the pooled feature (the released fine-tuning `Classifier`)."""
 
+    _fresh_head_keys = (r"^classifier\.",)  # a backbone folder has no head: the one expected missing key
+
     def __init__(self, config: XKDVideoConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -804,6 +937,8 @@ class XKDForVideoClassification(XKDVideoPreTrainedModel):
 class XKDForAudioClassification(XKDAudioPreTrainedModel):
     """Audio encoder + linear on the pooled feature. Multi-label (BCE) with
     `problem_type="multi_label_classification"` (FSD50K)."""
+
+    _fresh_head_keys = (r"^classifier\.",)  # a backbone folder has no head: the one expected missing key
 
     def __init__(self, config: XKDAudioConfig):
         super().__init__(config)
@@ -1145,7 +1280,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class XKDPreTrainedModel(_XKDInitMixin, PreTrainedModel):
+class XKDPreTrainedModel(_XKDLoudLoadingMixin, _XKDInitMixin, PreTrainedModel):
     config: XKDConfig
     base_model_prefix = "xkd"
     main_input_name = "pixel_values"
@@ -1160,6 +1295,10 @@ class XKDPreTrainedModel(_XKDInitMixin, PreTrainedModel):
 
 class XKDModel(XKDPreTrainedModel):
     """Both encoders. In a converted release these are the EMA teachers, which the paper evaluates."""
+
+    # From a pretraining folder XKDModel gives the teachers (as the towers do); the rest is expected to stay behind.
+    _keys_to_ignore_on_load_unexpected = [r"^video_student\.", r"^audio_student\.", r"_head\.", r"_decoder\.",
+                                          r"_teacher_center$"]
 
     def __init__(self, config: XKDConfig):
         super().__init__(config)
