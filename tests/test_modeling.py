@@ -867,3 +867,81 @@ def test_pretraining_rejects_bad_local_views():
     batch["local_input_values"] = []
     with pytest.raises(ValueError, match="local_input_values"):
         model(**batch)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Loading is loud (issue 11.3)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _rewrite_weights(folder, edit):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    edit(state)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_loading_stops_with_the_names_of_keys_that_do_not_fit(tmp_path, tiny_video_config):
+    config = make_tiny_xkd_config()
+    XKDModel(config).save_pretrained(tmp_path / "model")
+    XKDVideoModel(tiny_video_config).save_pretrained(tmp_path / "tower")
+    # a tower folder into XKDModel: the audio tower would stay random
+    with pytest.raises(ValueError, match=r"XKDModel.*missing from the folder.*audio_model\.embeddings\.cls_token"):
+        XKDModel.from_pretrained(tmp_path / "tower")
+    # an XKDModel folder into XKDForPretraining: students, heads and decoders would stay random
+    with pytest.raises(ValueError, match=r"missing from the folder.*audio_decoder\.") as error:
+        XKDForPretraining.from_pretrained(tmp_path / "model")
+    assert "allow_partial_load=True" in str(error.value)
+    # one tensor missing, one extra tensor (inside a tower, where transformers' merged ignore rules used to hide it)
+    for name, edit, pattern in (
+        ("missing", lambda s: s.pop("video_model.layernorm.weight"), r"missing from the folder.*: video_model\.layernorm\.weight\."),
+        ("extra", lambda s: s.update({"video_model.extra_tensor": torch.zeros(2)}), r"not in XKDModel.*: video_model\.extra_tensor\."),
+    ):
+        folder = tmp_path / name
+        XKDModel(config).save_pretrained(folder)
+        _rewrite_weights(folder, edit)
+        with pytest.raises(ValueError, match=pattern):
+            XKDModel.from_pretrained(folder)
+    # the explicit opt-out loads what fits
+    partial = XKDModel.from_pretrained(tmp_path / "missing", allow_partial_load=True)
+    reference = XKDModel.from_pretrained(tmp_path / "model")
+    assert torch.equal(partial.audio_model.layernorm.weight, reference.audio_model.layernorm.weight)
+    # a classifier's head into a bare tower would be dropped
+    XKDForVideoClassification.from_pretrained(tmp_path / "tower", num_labels=3).save_pretrained(tmp_path / "clf")
+    with pytest.raises(ValueError, match=r"not in XKDVideoModel.*classifier\.bias, classifier\.weight"):
+        XKDVideoModel.from_pretrained(tmp_path / "clf")
+    # another head size without ignore_mismatched_sizes: the shapes are named and the way out is given
+    with pytest.raises(ValueError, match=r"classifier\.weight \(3, 32\) in the folder vs \(5, 32\).*ignore_mismatched_sizes"):
+        XKDForVideoClassification.from_pretrained(tmp_path / "clf", num_labels=5)
+
+
+def test_fresh_classification_head_loads_with_a_one_line_note(tmp_path, tiny_video_config):
+    from transformers.testing_utils import CaptureLogger
+
+    from transformers_xkd import modeling_xkd
+
+    XKDVideoModel(tiny_video_config).save_pretrained(tmp_path / "tower")
+    with CaptureLogger(modeling_xkd.logger) as captured:
+        model = XKDForVideoClassification.from_pretrained(tmp_path / "tower", num_labels=3)
+    lines = [line for line in captured.out.splitlines() if line.strip()]
+    assert len(lines) == 1 and "new head" in lines[0] and "classifier.bias, classifier.weight" in lines[0], lines
+    assert model.classifier.weight.shape == (3, 32)
+    # output_loading_info still works and reports the head as transformers does
+    _, info = XKDForVideoClassification.from_pretrained(tmp_path / "tower", num_labels=3, output_loading_info=True)
+    assert info["missing_keys"] == {"classifier.weight", "classifier.bias"}
+    # other label count on purpose: also the fresh-head case
+    model.save_pretrained(tmp_path / "clf")
+    with CaptureLogger(modeling_xkd.logger) as captured:
+        XKDForVideoClassification.from_pretrained(tmp_path / "clf", num_labels=5, ignore_mismatched_sizes=True)
+    assert "new head" in captured.out
+
+
+def test_truncated_weights_file_is_named(tmp_path):
+    XKDModel(make_tiny_xkd_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    for size in (weights.stat().st_size // 2, 5):  # cut in the data, cut in the header
+        with open(weights, "r+b") as handle:
+            handle.truncate(size)
+        with pytest.raises(OSError, match=rf"cannot read the weights file {weights}.*truncated"):
+            XKDModel.from_pretrained(tmp_path)
