@@ -327,6 +327,60 @@ def test_bad_audio_inputs_name_the_input(tiny_audio_config):
         model(x)
 
 
+def test_misuse_of_models_gets_clear_errors(tiny_video_config, tiny_audio_config):
+    """Issue 11.6 (model side): empty batches, mask ratios, labels, unpaired batches, dtypes, misspelled config keys."""
+    video = XKDVideoModel(tiny_video_config).eval()
+    x = video_input(tiny_video_config)
+    with pytest.raises(ValueError, match=r"`pixel_values` is an empty batch"):
+        video(x[:0])
+    with pytest.raises(ValueError, match=r"`input_values` is an empty batch"):
+        XKDAudioModel(tiny_audio_config)(audio_input(tiny_audio_config)[:0])
+    for ratio in (0.0, 1.0, -0.2, 1.5, "0.5"):
+        with pytest.raises(ValueError, match=r"`mask_ratio` must be a number strictly between 0 and 1"):
+            video(x, mask_ratio=ratio)
+    with pytest.raises(ValueError, match=r"`mask_ratio`=0.99 keeps no patch of 8"):
+        video(x, mask_ratio=0.99)
+    # a float32 batch into a bf16 model is cast to the model's dtype (not a dtype error from inside a matmul)
+    bf16 = copy.deepcopy(video).to(torch.bfloat16)
+    with torch.no_grad():
+        out = bf16(x)
+        ref = bf16(x.to(torch.bfloat16))
+    assert out.last_hidden_state.dtype == torch.bfloat16 and torch.equal(out.last_hidden_state, ref.last_hidden_state)
+    # labels outside num_labels, of the wrong shape or kind
+    config = copy.deepcopy(tiny_video_config)
+    config.id2label = {i: f"c{i}" for i in range(3)}
+    classifier = XKDForVideoClassification(config).eval()
+    with pytest.raises(ValueError, match=r"`labels` holds class index 3, outside \[0, 3\) \(num_labels=3\)"):
+        classifier(x, labels=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"`labels` holds class index -1"):
+        classifier(x, labels=torch.tensor([-1, 0]))
+    with pytest.raises(ValueError, match=r"`labels` has 3 rows but the batch has 2"):
+        classifier(x, labels=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"float `labels` are multi-hot targets and must have shape \(2, 3\)"):
+        classifier(x, labels=torch.tensor([0.0, 1.0]))
+    assert classifier(x, labels=torch.tensor([2, -100])).loss.isfinite()  # ignore_index is allowed
+    # audio and video of different batch sizes cannot be fused sample by sample
+    model = XKDModel(make_tiny_xkd_config()).eval()
+    with pytest.raises(ValueError, match=r"different batch sizes: `pixel_values` 2, `input_values` 3"):
+        model.get_audio_visual_features(x, audio_input(tiny_audio_config, batch=3))
+    pre = XKDForPretraining(make_tiny_xkd_config())
+    batch = make_tiny_batch(pre.config)
+    batch["local_input_values"] = batch["local_input_values"][:1]
+    with pytest.raises(ValueError, match=r"different batch sizes: .*`local_input_values\[0\]` 1"):
+        pre(**batch)
+    # config keywords close to a field name
+    with pytest.raises(ValueError, match=r"'hiden_size', which is not one of its fields; did you mean 'hidden_size'"):
+        XKDVideoConfig(**{**TINY_VIDEO, "hiden_size": 32})
+    with pytest.raises(ValueError, match=r"did you mean 'num_mel_bins'"):
+        XKDAudioConfig(num_mel_bin=16)
+    with pytest.raises(ValueError, match=r"XKDConfig got the keyword 'video_mask_ration'.*'video_mask_ratio'"):
+        make_tiny_xkd_config(video_mask_ration=0.5)
+    with pytest.raises(ValueError, match=r"XKDVideoConfig got the keyword 'num_frame'"):
+        XKDConfig(video_config={"num_frame": 8})
+    # transformers' own keywords and unrelated metadata still pass
+    assert XKDVideoConfig(num_labels=4, problem_type="single_label_classification", architectures=["X"]).num_labels == 4
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Heads and XKDModel
 # ------------------------------------------------------------------------------------------------------------

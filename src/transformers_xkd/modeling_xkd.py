@@ -156,6 +156,56 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"`{name}` contains NaN or infinite values; check the preprocessing of this batch.")
 
 
+def _check_not_empty(name: str, tensor: torch.Tensor) -> None:
+    if tensor.shape[0] == 0:
+        raise ValueError(f"`{name}` is an empty batch (shape {tuple(tensor.shape)}); pass at least one clip.")
+
+
+def _to_model_dtype(name: str, tensor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Floating inputs take the model's dtype (a float32 batch into a bf16 model is cast to bf16, as the model
+    computes in bf16 anyway); anything else is refused by the input checks."""
+    if tensor.is_floating_point() and tensor.dtype != weight.dtype and weight.is_floating_point():
+        return tensor.to(weight.dtype)
+    return tensor
+
+
+def _check_same_batch(**inputs: torch.Tensor) -> None:
+    """Inputs that are paired sample by sample (video with audio, global with local views) need one batch size."""
+    sizes = {name: tensor.shape[0] for name, tensor in inputs.items() if isinstance(tensor, torch.Tensor)}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"`{name}` {size}" for name, size in sizes.items())
+        raise ValueError(f"these inputs are paired sample by sample but have different batch sizes: {listed}.")
+
+
+def _check_labels(labels: torch.Tensor, logits: torch.Tensor, config) -> None:
+    """Class indices in [0, num_labels) of shape (batch,), or multi-hot / regression targets of the logits' shape."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
+    batch, num_labels = logits.shape
+    if labels.shape[0] != batch:
+        raise ValueError(f"`labels` has {labels.shape[0]} rows but the batch has {batch} samples.")
+    if not labels.is_floating_point():
+        if labels.dtype == torch.bool or config.problem_type == "multi_label_classification":
+            raise ValueError(
+                f"`labels` for multi-label classification must be float multi-hot targets of shape {(batch, num_labels)},"
+                f" got {labels.dtype} {tuple(labels.shape)}."
+            )
+        if labels.ndim != 1:
+            raise ValueError(f"`labels` as class indices must have shape ({batch},), got {tuple(labels.shape)}.")
+        kept = labels[labels != -100]  # -100: cross-entropy's ignore_index
+        low, high = (int(kept.min()), int(kept.max())) if kept.numel() else (0, 0)
+        if low < 0 or high >= num_labels:
+            raise ValueError(
+                f"`labels` holds class index {high if high >= num_labels else low}, outside [0, {num_labels}) "
+                f"(num_labels={num_labels}); set num_labels in the config to the number of classes."
+            )
+    elif num_labels > 1 and tuple(labels.shape) != (batch, num_labels):
+        raise ValueError(
+            f"float `labels` are multi-hot targets and must have shape {(batch, num_labels)}, got {tuple(labels.shape)}"
+            "; class indices must be an integer tensor."
+        )
+
+
 def _check_video_input(pixel_values: torch.Tensor, config: XKDVideoConfig, name: str = "pixel_values") -> None:
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(pixel_values).__name__}.")
@@ -163,6 +213,7 @@ def _check_video_input(pixel_values: torch.Tensor, config: XKDVideoConfig, name:
         raise ValueError(
             f"`{name}` must have shape (batch, frames, channels, height, width), got {tuple(pixel_values.shape)}."
         )
+    _check_not_empty(name, pixel_values)
     if not pixel_values.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {pixel_values.dtype}.")
     _, frames, channels, height, width = pixel_values.shape
@@ -187,6 +238,7 @@ def _check_audio_input(input_values: torch.Tensor, config: XKDAudioConfig, name:
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(input_values).__name__}.")
     if input_values.ndim != 3:
         raise ValueError(f"`{name}` must have shape (batch, time, mel_bins), got {tuple(input_values.shape)}.")
+    _check_not_empty(name, input_values)
     if not input_values.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {input_values.dtype}.")
     _, time, mel = input_values.shape
@@ -260,7 +312,11 @@ def random_masking(
         kept `(B, len_keep, D)`, mask `(B, L)` (1 = dropped), ids_restore `(B, L)`.
     """
     batch, length, dim = sequence.shape
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)) or not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"`mask_ratio` must be a number strictly between 0 and 1, got {mask_ratio!r}.")
     len_keep = int(round(length * (1 - mask_ratio)))
+    if len_keep < 1:
+        raise ValueError(f"`mask_ratio`={mask_ratio} keeps no patch of {length}; use a smaller ratio.")
     if noise is None:
         noise = torch.rand(batch, length, device=sequence.device)
     elif noise.shape != (batch, length):
@@ -848,6 +904,7 @@ class XKDVideoModel(XKDVideoPreTrainedModel):
         Returns: `XKDModelOutput` with `pooler_output` `(batch, hidden)` = the paper's video feature.
         """
         _check_video_input(pixel_values, self.config)
+        pixel_values = _to_model_dtype("pixel_values", pixel_values, self.embeddings.patch_embeddings.projection.weight)
         return _encode(self, pixel_values, mask_ratio, noise, interpolate_pos_encoding, output_cls_attention, kwargs)
 
 
@@ -884,6 +941,7 @@ class XKDAudioModel(XKDAudioPreTrainedModel):
         Returns: `XKDModelOutput` with `pooler_output` `(batch, hidden)` = the paper's audio feature.
         """
         _check_audio_input(input_values, self.config)
+        input_values = _to_model_dtype("input_values", input_values, self.embeddings.patch_embeddings.projection.weight)
         return _encode(self, input_values, mask_ratio, noise, interpolate_pos_encoding, output_cls_attention, kwargs)
 
 
@@ -928,6 +986,7 @@ class XKDForVideoClassification(XKDVideoPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
+            _check_labels(labels, logits, self.config)
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
@@ -971,6 +1030,7 @@ class XKDForAudioClassification(XKDAudioPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
+            _check_labels(labels, logits, self.config)
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
@@ -1316,6 +1376,7 @@ class XKDModel(XKDPreTrainedModel):
 
     def get_audio_visual_features(self, pixel_values: torch.Tensor, input_values: torch.Tensor) -> torch.Tensor:
         """Late fusion (Kinetics-Sound protocol): each feature L2-normalised, then concatenated, `(B, 2 * hidden)`."""
+        _check_same_batch(pixel_values=pixel_values, input_values=input_values)
         video = F.normalize(self.get_video_features(pixel_values), dim=-1)
         audio = F.normalize(self.get_audio_features(input_values), dim=-1)
         return torch.cat([video, audio], dim=-1)
@@ -1565,6 +1626,9 @@ class XKDForPretraining(XKDPreTrainedModel):
         v_cfg, a_cfg = cfg.video_config, cfg.audio_config
         local_video = _as_views(local_pixel_values, "local_pixel_values")
         local_audio = _as_views(local_input_values, "local_input_values")
+        _check_same_batch(pixel_values=pixel_values, input_values=input_values,
+                          **{f"local_pixel_values[{i}]": v for i, v in enumerate(local_video)},
+                          **{f"local_input_values[{i}]": a for i, a in enumerate(local_audio)})
         for index, view in enumerate(local_video):
             _check_video_input(view, v_cfg, f"local_pixel_values[{index}]")
         for index, view in enumerate(local_audio):
