@@ -25,6 +25,8 @@ def _refuse_misspelled_keywords(config, kwargs: dict) -> None:
     """A keyword that is not a field but is close to one of this config's fields (`hiden_size`) is a typo that
     transformers would store as an extra attribute and ignore; raise, naming the field it resembles. Keywords that
     resemble no field pass through as transformers configs allow (hub metadata, task settings)."""
+    if kwargs.get("model_type", config.model_type) != config.model_type:
+        return  # another model's config.json (transformers warns); its fields are not typos of ours
     own_fields = [name for cls in type(config).__mro__ for name in getattr(cls, "__annotations__", {})
                   if cls.__module__ == __name__ and not name.startswith("_")]
     for key in kwargs:
