@@ -352,16 +352,21 @@ def test_backbones_land_key_by_key(variant, eval_names):
 
 
 def test_patch_permutation_equals_linear_on_flattened_patches():
-    """The Conv3d / Conv2d kernels compute exactly the released Linear on the einops flattening."""
+    """The Conv3d / Conv2d kernels compute exactly the released Linear on the einops flattening.
+
+    In float64: a wrong permutation changes the sums by O(1), while the two kernels' different summation orders
+    differ by about eps64 * sqrt(K) * |x||w| ~ 1e-14 here (K = 384 or 32 products of N(0, 1) values). In float32 the
+    same rounding noise reaches 3e-5 on AVX2 (AMD) and depends on the CPU's kernel, so fp32 cannot test exactness.
+    """
     gen = torch.Generator().manual_seed(3)
-    w = torch.randn(5, 2 * 8 * 8 * 3, generator=gen)
-    clip = torch.randn(2, 4, 3, 16, 16, generator=gen)  # (B, T, C, H, W)
+    w = torch.randn(5, 2 * 8 * 8 * 3, generator=gen, dtype=torch.float64)
+    clip = torch.randn(2, 4, 3, 16, 16, generator=gen, dtype=torch.float64)  # (B, T, C, H, W)
     conv = F.conv3d(clip.permute(0, 2, 1, 3, 4), video_patch_weight_to_conv(w, 2, 8, 3), stride=(2, 8, 8))
-    torch.testing.assert_close(conv.flatten(2).transpose(1, 2), patchify_video(clip, 2, 8) @ w.T, rtol=0, atol=1e-5)
-    wa = torch.randn(5, 4 * 8, generator=gen)
-    spec = torch.randn(2, 48, 8, generator=gen)  # (B, time, mel)
+    torch.testing.assert_close(conv.flatten(2).transpose(1, 2), patchify_video(clip, 2, 8) @ w.T, rtol=0, atol=1e-10)
+    wa = torch.randn(5, 4 * 8, generator=gen, dtype=torch.float64)
+    spec = torch.randn(2, 48, 8, generator=gen, dtype=torch.float64)  # (B, time, mel)
     conv = F.conv2d(spec.transpose(1, 2).unsqueeze(1), audio_patch_weight_to_conv(wa, 4, 8), stride=(4, 8))
-    torch.testing.assert_close(conv.flatten(2).transpose(1, 2), patchify_audio(spec, 4, 8) @ wa.T, rtol=0, atol=1e-5)
+    torch.testing.assert_close(conv.flatten(2).transpose(1, 2), patchify_audio(spec, 4, 8) @ wa.T, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("variant", ["xkd", "xkd-mats"])
@@ -388,9 +393,23 @@ def test_converted_features_match_reference_forward(tmp_path, variant, capsys):
     diff_a = (got_a - ref_a).abs().max().item()
     with capsys.disabled():
         print(f"\n[{variant}] max |converted - reference| video {diff_v:.3g}, audio {diff_a:.3g}")
+    # fp32: the two forwards sum in different orders; measured 5e-7 on AMD AVX2 and Intel, 1 or 2 threads (the
+    # pooled features are LayerNorm-ed, |x| ~ 1, two blocks of width 32), so 1e-5 leaves 20x room.
     assert got_v.dtype == torch.float32 and diff_v < 1e-5 and diff_a < 1e-5
+    # get_*_features is the same computation as the tower's pooler_output: identical up to a kernel choice.
     torch.testing.assert_close(feat_v, got_v, rtol=0, atol=1e-6)
     torch.testing.assert_close(feat_a, got_a, rtol=0, atol=1e-6)
+    # Exactness of the conversion itself, in float64 where rounding (~1e-15) cannot hide an O(1e-6) weight error.
+    model64 = model.double()
+    with torch.no_grad():
+        got_v64 = model64.video_model(pixel_values=pixel_values.double()).pooler_output
+        got_a64 = model64.audio_model(input_values=input_values.double()).pooler_output
+        ref_v64 = reference_features({k: v.double() for k, v in video.items()}, patchify_video(
+            pixel_values.double(), vcfg.tubelet_size, vcfg.patch_size), vcfg.num_attention_heads)
+        ref_a64 = reference_features({k: v.double() for k, v in audio.items()}, patchify_audio(
+            input_values.double(), acfg.frequency_patch_size, acfg.time_patch_size), acfg.num_attention_heads)
+    torch.testing.assert_close(got_v64, ref_v64, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got_a64, ref_a64, rtol=0, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import pathlib
 
 import pytest
 import torch
@@ -167,26 +168,33 @@ def reference_video_forward(model: XKDVideoModel, x: torch.Tensor) -> torch.Tens
 
 
 def test_video_encoder_matches_independent_reference(tiny_video_config):
+    # float64: the two forwards sum in different orders, which in float32 moves the result by ~1e-6 depending on
+    # the CPU's kernels; in float64 that noise is ~1e-15, so 1e-10 checks the formula, not the hardware.
     torch.manual_seed(0)
-    model = XKDVideoModel(tiny_video_config).eval()
-    x = video_input(tiny_video_config)
+    model = XKDVideoModel(tiny_video_config).eval().double()
+    x = video_input(tiny_video_config).double()
     with torch.no_grad():
-        torch.testing.assert_close(model(x).pooler_output, reference_video_forward(model, x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(x).pooler_output, reference_video_forward(model, x), atol=1e-10, rtol=0)
 
 
 def test_audio_tokens_are_frequency_major(tiny_audio_config):
-    model = XKDAudioModel(tiny_audio_config).eval()
-    x = audio_input(tiny_audio_config)
+    model = XKDAudioModel(tiny_audio_config).eval().double()  # float64: exactness, not CPU rounding
+    x = audio_input(tiny_audio_config).double()
     tokens, grid = model.embeddings.patch_embeddings(x)
     assert grid == tiny_audio_config.grid_size  # (freq, time)
     conv = model.embeddings.patch_embeddings.projection
     manual = patchify_audio(x, 4, 16) @ conv.weight.reshape(32, -1).T + conv.bias
-    torch.testing.assert_close(tokens, manual, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tokens, manual, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("modality", ["video", "audio"])
 def test_matmul_patch_embedding_equals_the_convolution(tiny_video_config, tiny_audio_config, modality):
-    """The fast path (patchify + matmul on the conv weight) is the convolution: outputs, grid and weight grads."""
+    """The fast path (patchify + matmul on the conv weight) is the convolution: outputs, grid and weight grads.
+
+    Exactness in float64 (a convolution and a matmul over K = 3072 products sum in different orders: ~1e-6 apart
+    in float32, more on AVX2 than on AVX-512, ~1e-14 in float64); the bf16 leg only checks that both run the same
+    map, to a few bf16 units (2^-8 relative) of outputs of magnitude ~1.
+    """
     torch.manual_seed(0)
     if modality == "video":
         embed = XKDVideoModel(tiny_video_config).embeddings.patch_embeddings
@@ -194,13 +202,14 @@ def test_matmul_patch_embedding_equals_the_convolution(tiny_video_config, tiny_a
     else:
         embed = XKDAudioModel(tiny_audio_config).embeddings.patch_embeddings
         x = audio_input(tiny_audio_config)
-    fast, fast_grid = embed(x)
-    ref, ref_grid = embed.conv_forward(x)
+    embed.double()
+    fast, fast_grid = embed(x.double())
+    ref, ref_grid = embed.conv_forward(x.double())
     assert tuple(fast_grid) == tuple(ref_grid)
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, ref, atol=1e-10, rtol=0)
     (grad_fast,) = torch.autograd.grad(fast.square().sum(), embed.projection.weight)
     (grad_ref,) = torch.autograd.grad(ref.square().sum(), embed.projection.weight)
-    torch.testing.assert_close(grad_fast, grad_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grad_fast, grad_ref, atol=1e-9, rtol=1e-10)
     with torch.no_grad():  # bf16: same map, bf16 rounding only
         fast16, _ = embed.to(torch.bfloat16)(x.to(torch.bfloat16))
         ref16, _ = embed.conv_forward(x.to(torch.bfloat16))
@@ -216,8 +225,13 @@ def test_sdpa_matches_other_attention_kernels(tiny_video_config, attn):
     other.set_attn_implementation(attn)
     other.eval()
     x = video_input(tiny_video_config)
+    if attn == "eager":  # float64 where the kernel allows it: exactness, not CPU rounding
+        model, other, x = model.double(), other.double(), x.double()
+    # flex_attention on the CPU has no float64; in float32 the kernels differ by ~7e-7 on LayerNorm-ed outputs of
+    # magnitude ~1 (sums of <= 64 products), so 1e-5 is 14x that, and a wrong attention is off by O(0.1).
+    tol = 1e-10 if attn == "eager" else 1e-5
     with torch.no_grad():
-        torch.testing.assert_close(model(x).last_hidden_state, other(x).last_hidden_state, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(x).last_hidden_state, other(x).last_hidden_state, atol=tol, rtol=0)
 
 
 def test_eager_attentions_have_documented_shapes(tiny_audio_config):
@@ -231,10 +245,11 @@ def test_eager_attentions_have_documented_shapes(tiny_audio_config):
 
 
 def test_cls_attention_equals_row_of_eager_attention(tiny_video_config):
-    model = XKDVideoModel(tiny_video_config).eval()
+    model = XKDVideoModel(tiny_video_config).eval().double()  # float64: two code paths, exact formula
     model.set_attn_implementation("eager")
-    out = model(video_input(tiny_video_config), output_attentions=True, output_cls_attention=True)
-    torch.testing.assert_close(out.cls_attention, out.attentions[-1][:, :, 0, 1:], atol=1e-6, rtol=1e-5)
+    out = model(video_input(tiny_video_config).double(), output_attentions=True, output_cls_attention=True)
+    assert out.cls_attention.dtype == torch.float64  # no silent downcast of float64 inputs
+    torch.testing.assert_close(out.cls_attention, out.attentions[-1][:, :, 0, 1:], atol=1e-12, rtol=0)
 
 
 def test_position_embeddings_interpolate_for_other_sizes(tiny_video_config, tiny_audio_config):
@@ -310,6 +325,60 @@ def test_bad_audio_inputs_name_the_input(tiny_audio_config):
     x[1, 3, 3] = float("inf")
     with pytest.raises(ValueError, match="`input_values` contains NaN or infinite values"):
         model(x)
+
+
+def test_misuse_of_models_gets_clear_errors(tiny_video_config, tiny_audio_config):
+    """Issue 11.6 (model side): empty batches, mask ratios, labels, unpaired batches, dtypes, misspelled config keys."""
+    video = XKDVideoModel(tiny_video_config).eval()
+    x = video_input(tiny_video_config)
+    with pytest.raises(ValueError, match=r"`pixel_values` is an empty batch"):
+        video(x[:0])
+    with pytest.raises(ValueError, match=r"`input_values` is an empty batch"):
+        XKDAudioModel(tiny_audio_config)(audio_input(tiny_audio_config)[:0])
+    for ratio in (0.0, 1.0, -0.2, 1.5, "0.5"):
+        with pytest.raises(ValueError, match=r"`mask_ratio` must be a number strictly between 0 and 1"):
+            video(x, mask_ratio=ratio)
+    with pytest.raises(ValueError, match=r"`mask_ratio`=0.99 keeps no patch of 8"):
+        video(x, mask_ratio=0.99)
+    # a float32 batch into a bf16 model is cast to the model's dtype (not a dtype error from inside a matmul)
+    bf16 = copy.deepcopy(video).to(torch.bfloat16)
+    with torch.no_grad():
+        out = bf16(x)
+        ref = bf16(x.to(torch.bfloat16))
+    assert out.last_hidden_state.dtype == torch.bfloat16 and torch.equal(out.last_hidden_state, ref.last_hidden_state)
+    # labels outside num_labels, of the wrong shape or kind
+    config = copy.deepcopy(tiny_video_config)
+    config.id2label = {i: f"c{i}" for i in range(3)}
+    classifier = XKDForVideoClassification(config).eval()
+    with pytest.raises(ValueError, match=r"`labels` holds class index 3, outside \[0, 3\) \(num_labels=3\)"):
+        classifier(x, labels=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"`labels` holds class index -1"):
+        classifier(x, labels=torch.tensor([-1, 0]))
+    with pytest.raises(ValueError, match=r"`labels` has 3 rows but the batch has 2"):
+        classifier(x, labels=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"float `labels` are multi-hot targets and must have shape \(2, 3\)"):
+        classifier(x, labels=torch.tensor([0.0, 1.0]))
+    assert classifier(x, labels=torch.tensor([2, -100])).loss.isfinite()  # ignore_index is allowed
+    # audio and video of different batch sizes cannot be fused sample by sample
+    model = XKDModel(make_tiny_xkd_config()).eval()
+    with pytest.raises(ValueError, match=r"different batch sizes: `pixel_values` 2, `input_values` 3"):
+        model.get_audio_visual_features(x, audio_input(tiny_audio_config, batch=3))
+    pre = XKDForPretraining(make_tiny_xkd_config())
+    batch = make_tiny_batch(pre.config)
+    batch["local_input_values"] = batch["local_input_values"][:1]
+    with pytest.raises(ValueError, match=r"different batch sizes: .*`local_input_values\[0\]` 1"):
+        pre(**batch)
+    # config keywords close to a field name
+    with pytest.raises(ValueError, match=r"'hiden_size', which is not one of its fields; did you mean 'hidden_size'"):
+        XKDVideoConfig(**{**TINY_VIDEO, "hiden_size": 32})
+    with pytest.raises(ValueError, match=r"did you mean 'num_mel_bins'"):
+        XKDAudioConfig(num_mel_bin=16)
+    with pytest.raises(ValueError, match=r"XKDConfig got the keyword 'video_mask_ration'.*'video_mask_ratio'"):
+        make_tiny_xkd_config(video_mask_ration=0.5)
+    with pytest.raises(ValueError, match=r"XKDVideoConfig got the keyword 'num_frame'"):
+        XKDConfig(video_config={"num_frame": 8})
+    # transformers' own keywords and unrelated metadata still pass
+    assert XKDVideoConfig(num_labels=4, problem_type="single_label_classification", architectures=["X"]).num_labels == 4
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -444,27 +513,30 @@ def test_pretraining_round_trip_and_teacher_towers(tmp_path, variant):
 
 
 def test_mmd_hand_computed():
-    # x = {0, 1}, y = {3} in 1-D, one gamma = 0.5: K(a,b) = exp(-0.5 (a-b)^2)
-    x = torch.tensor([[0.0], [1.0]])
-    y = torch.tensor([[3.0]])
+    # x = {0, 1}, y = {3} in 1-D, one gamma = 0.5: K(a,b) = exp(-0.5 (a-b)^2). float64 in, float64 out: the check
+    # is the formula, to 1e-12, on any CPU.
+    x = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    y = torch.tensor([[3.0]], dtype=torch.float64)
     k = lambda d2: math.exp(-0.5 * d2)  # noqa: E731
     kxx = (k(0) + k(1) + k(1) + k(0)) / 4
     kyy = k(0)
     kxy = (k(9) + k(4)) / 2
     expected = kxx + kyy - 2 * kxy
-    torch.testing.assert_close(gaussian_mmd(x, y, [0.5]), torch.tensor(expected), atol=1e-6, rtol=1e-6)
+    assert gaussian_mmd(x, y, [0.5]).dtype == torch.float64
+    torch.testing.assert_close(gaussian_mmd(x, y, [0.5]), torch.tensor(expected, dtype=torch.float64), atol=1e-12, rtol=0)
     # several bandwidths add their kernels
     two = gaussian_mmd(x, y, [0.5, 2.0])
     k2 = lambda d2: math.exp(-2.0 * d2)  # noqa: E731
     expected2 = expected + (2 * k2(0) + 2 * k2(1)) / 4 + k2(0) - (k2(9) + k2(4))
-    torch.testing.assert_close(two, torch.tensor(expected2), atol=1e-6, rtol=1e-6)
-    assert gaussian_mmd(x, x, [1.0]).abs() < 1e-6
+    torch.testing.assert_close(two, torch.tensor(expected2, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert gaussian_mmd(x, x, [1.0]).abs() < 1e-12
 
 
 def test_distillation_with_centering_hand_computed():
-    student = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 0.0]])  # 2 views x batch 2
-    teacher = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
-    center = torch.tensor([[1.0, 0.0]])
+    f64 = dict(dtype=torch.float64)  # float64 in, float64 out: the formula to 1e-12, on any CPU
+    student = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 0.0]], **f64)  # 2 views x batch 2
+    teacher = torch.tensor([[1.0, 3.0], [2.0, 2.0]], **f64)
+    center = torch.tensor([[1.0, 0.0]])  # a float32 buffer, as in the model
     tau_t, tau_s = 0.5, 0.25
     loss, entropy, kl, batch_mean = cross_modal_distillation_loss(student, teacher, center, tau_t, tau_s)
 
@@ -480,10 +552,11 @@ def test_distillation_with_centering_hand_computed():
         terms.append(-sum(a * math.log(b) for a, b in zip(qq, p)))
         ents.append(-sum(a * math.log(a) for a in qq))
         kls.append(sum(a * (math.log(a) - math.log(b)) for a, b in zip(qq, p)))
-    torch.testing.assert_close(loss, torch.tensor(sum(terms) / 4), atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(entropy, torch.tensor(sum(ents) / 4), atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(kl, torch.tensor(sum(kls) / 4), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batch_mean, torch.tensor([[1.5, 2.5]]))
+    assert loss.dtype == entropy.dtype == kl.dtype == batch_mean.dtype == torch.float64
+    torch.testing.assert_close(loss, torch.tensor(sum(terms) / 4, **f64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(entropy, torch.tensor(sum(ents) / 4, **f64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(kl, torch.tensor(sum(kls) / 4, **f64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(batch_mean, torch.tensor([[1.5, 2.5]], **f64), atol=0, rtol=0)
     with pytest.raises(ValueError, match="not a whole number of views"):
         cross_modal_distillation_loss(student[:3], teacher, center, tau_t, tau_s)
 
@@ -599,6 +672,130 @@ def test_center_update_inside_forward():
     before = model.video_teacher_center.clone()
     model(**batch)
     assert torch.equal(before, model.video_teacher_center)  # no update outside training
+
+
+RELEASED_GAMMAS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def mmd_float64_reference(x, y, gammas):
+    """Independent MMD^2 in float64 from explicit differences (no norm expansion, nothing to cancel)."""
+    x, y = x.double(), y.double()
+
+    def k(a, b):
+        d2 = (a[:, None] - b[None]).pow(2).sum(-1)
+        return sum(torch.exp(-g * d2) for g in gammas)
+
+    return k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()
+
+
+def test_mmd_under_bf16_autocast_equals_float64_on_nearly_identical_rows():
+    """Issue 16.7: 8192-wide LayerNorm-ed projector rows a few percent apart (early training). Before, bf16
+    autocast cast the distance matmul down and the MMD came out 0.0 (or 6.75 against 0.72); float32 without the
+    common-mean shift was 10 % off."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(8192, generator=g)
+    for noise in (1e-3, 3e-2):
+        x = F.layer_norm(base + noise * torch.randn(16, 8192, generator=g), (8192,))
+        y = F.layer_norm(base + noise * torch.randn(1, 8192, generator=g) + noise * torch.randn(16, 8192, generator=g),
+                         (8192,))
+        expected = mmd_float64_reference(x, y, RELEASED_GAMMAS)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = gaussian_mmd(x, y, RELEASED_GAMMAS)
+        assert got.dtype == torch.float32
+        # float32 after the shift: relative error ~1e-4 (distances of ~1e-2..1e2 from sums of 8192 products)
+        torch.testing.assert_close(got.double(), expected, rtol=2e-3, atol=1e-6)
+        assert gaussian_mmd(x.double(), y.double(), RELEASED_GAMMAS).dtype == torch.float64
+        torch.testing.assert_close(gaussian_mmd(x.double(), y.double(), RELEASED_GAMMAS), expected, rtol=1e-9, atol=0)
+
+
+def test_kd_and_reconstruction_losses_under_bf16_autocast_equal_float64():
+    g = torch.Generator().manual_seed(1)
+    student = torch.randn(6, 64, generator=g)
+    teacher = 5 + 0.01 * torch.randn(3, 64, generator=g)  # centred logits: large common part, small differences
+    center = torch.full((1, 64), 5.0) + 0.005 * torch.randn(1, 64, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = cross_modal_distillation_loss(student, teacher, center, 0.04, 0.1)
+    ref = cross_modal_distillation_loss(student.double(), teacher.double(), center.double(), 0.04, 0.1)
+    for a, b in zip(got, ref):
+        assert a.dtype == torch.float32 and b.dtype == torch.float64
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
+    pred = torch.randn(2, 5, 48, generator=g)
+    target = 3 + 1e-3 * torch.randn(2, 5, 48, generator=g)  # low-contrast patches: norm-pix divides by a small std
+    mask = torch.tensor([[1.0, 0, 1, 1, 0], [0, 1, 1, 0, 1]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = masked_reconstruction_loss(pred.bfloat16(), target, mask)
+    ref = masked_reconstruction_loss(pred.bfloat16().double(), target.double(), mask)
+    assert got.dtype == torch.float32 and ref.dtype == torch.float64
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_float64_is_kept_by_attention_weights_and_position_interpolation():
+    from transformers_xkd.modeling_xkd import (
+        _interpolate_audio_position_embeddings,
+        _interpolate_video_position_embeddings,
+    )
+
+    v = torch.rand(2, 2, 8, dtype=torch.float64)
+    a = torch.rand(2, 2, 16, dtype=torch.float64)
+    for mode in ("mean", "softmax"):
+        assert all(w.dtype == torch.float64 for w in cross_modal_attention_weights(v, a, mode))
+    pos = torch.randn(1, 1 + 8, 4, dtype=torch.float64)
+    assert _interpolate_video_position_embeddings(pos, (2, 2, 2), (1, 3, 3)).dtype == torch.float64
+    assert _interpolate_audio_position_embeddings(pos, (2, 4), (2, 2)).dtype == torch.float64
+    # float64 end to end through the pretraining forward
+    torch.manual_seed(0)
+    model = XKDForPretraining(make_tiny_xkd_config()).double().eval()
+    batch = {k: v.double() for k, v in make_tiny_batch(model.config).items()}
+    out = model(**batch)
+    assert all(getattr(out, name).dtype == torch.float64 for name in (
+        "loss", "video_reconstruction_loss", "distillation_loss", "student_alignment_loss", "video_teacher_entropy"))
+
+
+def test_distillation_loss_module_owns_its_centre():
+    from transformers_xkd.modeling_xkd import XKDCrossModalDistillationLoss
+
+    loss = XKDCrossModalDistillationLoss(4, center_momentum=0.9)
+    assert [n for n, _ in loss.named_buffers()] == ["center"] and not list(loss.parameters())
+    loss.center.fill_(0.25)
+    g = torch.Generator().manual_seed(2)
+    student, teacher = torch.randn(6, 4, generator=g), torch.randn(3, 4, generator=g)
+    got = loss(student, teacher, 0.07, 0.1)
+    want = cross_modal_distillation_loss(student, teacher, torch.full((1, 4), 0.25), 0.07, 0.1)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    loss.update_center(got[3])
+    torch.testing.assert_close(loss.center, 0.9 * 0.25 + 0.1 * teacher.mean(0, keepdim=True))
+    # in the model: one module per direction, each owning the centre of its teacher
+    model = XKDForPretraining(make_tiny_xkd_config())
+    assert model.video_teacher_center is model.video_to_audio_distillation.center
+    assert model.audio_teacher_center is model.audio_to_video_distillation.center
+
+
+PRE_LOSS_MODULE_FOLDER = pathlib.Path(__file__).parent / "fixtures" / "xkd_pretraining_pre_loss_module"
+
+
+def test_folder_saved_before_the_loss_module_still_loads(tmp_path):
+    """tests/fixtures/xkd_pretraining_pre_loss_module was written by the code before the loss module (the centres
+    were the model's own buffers). It loads with every key, through from_pretrained and load_state_dict, and new
+    saves keep its key names (accelerate checkpoints and the converter use them)."""
+    from safetensors.torch import load_file
+
+    saved = load_file(PRE_LOSS_MODULE_FOLDER / "model.safetensors")
+    assert saved["video_teacher_center"].abs().sum() > 0  # the fixture's centres moved in a training forward
+    model = XKDForPretraining.from_pretrained(PRE_LOSS_MODULE_FOLDER)  # loud loading: any key off would raise
+    for name, owner in (("video_teacher_center", model.video_to_audio_distillation),
+                        ("audio_teacher_center", model.audio_to_video_distillation)):
+        assert torch.equal(owner.center, saved[name]), name
+    assert not any("center" in n for n, _ in model.named_parameters())  # still buffers, not parameters
+    state = model.state_dict()
+    assert state.keys() == saved.keys()
+    for key, value in saved.items():
+        assert torch.equal(state[key], value), key
+    fresh = XKDForPretraining(model.config)
+    fresh.load_state_dict(saved)  # strict, old names (accelerate's load_state path)
+    assert torch.equal(fresh.audio_teacher_center, saved["audio_teacher_center"])
+    model.save_pretrained(tmp_path)
+    assert load_file(tmp_path / "model.safetensors").keys() == saved.keys()
 
 
 @pytest.mark.parametrize("view", ["local", "global"])
@@ -724,3 +921,81 @@ def test_pretraining_rejects_bad_local_views():
     batch["local_input_values"] = []
     with pytest.raises(ValueError, match="local_input_values"):
         model(**batch)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Loading is loud (issue 11.3)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _rewrite_weights(folder, edit):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    edit(state)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_loading_stops_with_the_names_of_keys_that_do_not_fit(tmp_path, tiny_video_config):
+    config = make_tiny_xkd_config()
+    XKDModel(config).save_pretrained(tmp_path / "model")
+    XKDVideoModel(tiny_video_config).save_pretrained(tmp_path / "tower")
+    # a tower folder into XKDModel: the audio tower would stay random
+    with pytest.raises(ValueError, match=r"XKDModel.*missing from the folder.*audio_model\.embeddings\.cls_token"):
+        XKDModel.from_pretrained(tmp_path / "tower")
+    # an XKDModel folder into XKDForPretraining: students, heads and decoders would stay random
+    with pytest.raises(ValueError, match=r"missing from the folder.*audio_decoder\.") as error:
+        XKDForPretraining.from_pretrained(tmp_path / "model")
+    assert "allow_partial_load=True" in str(error.value)
+    # one tensor missing, one extra tensor (inside a tower, where transformers' merged ignore rules used to hide it)
+    for name, edit, pattern in (
+        ("missing", lambda s: s.pop("video_model.layernorm.weight"), r"missing from the folder.*: video_model\.layernorm\.weight\."),
+        ("extra", lambda s: s.update({"video_model.extra_tensor": torch.zeros(2)}), r"not in XKDModel.*: video_model\.extra_tensor\."),
+    ):
+        folder = tmp_path / name
+        XKDModel(config).save_pretrained(folder)
+        _rewrite_weights(folder, edit)
+        with pytest.raises(ValueError, match=pattern):
+            XKDModel.from_pretrained(folder)
+    # the explicit opt-out loads what fits
+    partial = XKDModel.from_pretrained(tmp_path / "missing", allow_partial_load=True)
+    reference = XKDModel.from_pretrained(tmp_path / "model")
+    assert torch.equal(partial.audio_model.layernorm.weight, reference.audio_model.layernorm.weight)
+    # a classifier's head into a bare tower would be dropped
+    XKDForVideoClassification.from_pretrained(tmp_path / "tower", num_labels=3).save_pretrained(tmp_path / "clf")
+    with pytest.raises(ValueError, match=r"not in XKDVideoModel.*classifier\.bias, classifier\.weight"):
+        XKDVideoModel.from_pretrained(tmp_path / "clf")
+    # another head size without ignore_mismatched_sizes: the shapes are named and the way out is given
+    with pytest.raises(ValueError, match=r"classifier\.weight \(3, 32\) in the folder vs \(5, 32\).*ignore_mismatched_sizes"):
+        XKDForVideoClassification.from_pretrained(tmp_path / "clf", num_labels=5)
+
+
+def test_fresh_classification_head_loads_with_a_one_line_note(tmp_path, tiny_video_config):
+    from transformers.testing_utils import CaptureLogger
+
+    from transformers_xkd import modeling_xkd
+
+    XKDVideoModel(tiny_video_config).save_pretrained(tmp_path / "tower")
+    with CaptureLogger(modeling_xkd.logger) as captured:
+        model = XKDForVideoClassification.from_pretrained(tmp_path / "tower", num_labels=3)
+    lines = [line for line in captured.out.splitlines() if line.strip()]
+    assert len(lines) == 1 and "new head" in lines[0] and "classifier.bias, classifier.weight" in lines[0], lines
+    assert model.classifier.weight.shape == (3, 32)
+    # output_loading_info still works and reports the head as transformers does
+    _, info = XKDForVideoClassification.from_pretrained(tmp_path / "tower", num_labels=3, output_loading_info=True)
+    assert info["missing_keys"] == {"classifier.weight", "classifier.bias"}
+    # other label count on purpose: also the fresh-head case
+    model.save_pretrained(tmp_path / "clf")
+    with CaptureLogger(modeling_xkd.logger) as captured:
+        XKDForVideoClassification.from_pretrained(tmp_path / "clf", num_labels=5, ignore_mismatched_sizes=True)
+    assert "new head" in captured.out
+
+
+def test_truncated_weights_file_is_named(tmp_path):
+    XKDModel(make_tiny_xkd_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    for size in (weights.stat().st_size // 2, 5):  # cut in the data, cut in the header
+        with open(weights, "r+b") as handle:
+            handle.truncate(size)
+        with pytest.raises(OSError, match=rf"cannot read the weights file {weights}.*truncated"):
+            XKDModel.from_pretrained(tmp_path)

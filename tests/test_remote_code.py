@@ -89,4 +89,6 @@ def test_trust_remote_code_without_the_package(tmp_path):
         torch.manual_seed(1)
         x = torch.randn(1, vc.num_frames, 3, vc.image_size, vc.image_size)
         expected = _video_output(kind, model, x)
-        torch.testing.assert_close(torch.tensor(result["values"]), expected.flatten(), atol=1e-6, rtol=1e-6)
+        # Same code in another process: only the thread split of the float32 kernels can differ (~1e-7 on values
+        # of magnitude ~1); a mis-copied module is off by O(1).
+        torch.testing.assert_close(torch.tensor(result["values"]), expected.flatten(), atol=1e-5, rtol=1e-5)

@@ -8,6 +8,7 @@ code disagree, the config offers both, defaults to the released code, and the fi
 
 from __future__ import annotations
 
+import difflib
 from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
@@ -18,6 +19,25 @@ __all__ = ["XKDVideoConfig", "XKDAudioConfig", "XKDConfig", "XKD_VARIANTS"]
 XKD_VARIANTS = ("xkd", "xkd-mas", "xkd-mats")
 _TEACHER_VIEWS = ("local", "global")
 _REFINE_MODES = ("mean", "softmax", "none")
+
+
+def _refuse_misspelled_keywords(config, kwargs: dict) -> None:
+    """A keyword that is not a field but is close to one of this config's fields (`hiden_size`) is a typo that
+    transformers would store as an extra attribute and ignore; raise, naming the field it resembles. Keywords that
+    resemble no field pass through as transformers configs allow (hub metadata, task settings)."""
+    if kwargs.get("model_type", config.model_type) != config.model_type:
+        return  # another model's config.json (transformers warns); its fields are not typos of ours
+    own_fields = [name for cls in type(config).__mro__ for name in getattr(cls, "__annotations__", {})
+                  if cls.__module__ == __name__ and not name.startswith("_")]
+    for key in kwargs:
+        if key in own_fields or hasattr(type(config), key):
+            continue
+        close = difflib.get_close_matches(key, own_fields, n=1, cutoff=0.8)
+        if close:
+            raise ValueError(
+                f"{type(config).__name__} got the keyword {key!r}, which is not one of its fields; did you mean "
+                f"{close[0]!r}?"
+            )
 
 
 def _check_positive(config, *names):
@@ -87,6 +107,7 @@ class XKDVideoConfig(PreTrainedConfig):
     classifier_dropout: float = 0.5
 
     def __post_init__(self, **kwargs):
+        _refuse_misspelled_keywords(self, kwargs)
         super().__post_init__(**kwargs)
         _check_positive(
             self, "image_size", "num_frames", "num_channels", "tubelet_size", "patch_size", "hidden_size",
@@ -160,6 +181,7 @@ class XKDAudioConfig(PreTrainedConfig):
     classifier_dropout: float = 0.0
 
     def __post_init__(self, **kwargs):
+        _refuse_misspelled_keywords(self, kwargs)
         super().__post_init__(**kwargs)
         _check_positive(
             self, "num_mel_bins", "max_length", "frequency_patch_size", "time_patch_size", "hidden_size",
@@ -288,6 +310,7 @@ class XKDConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        _refuse_misspelled_keywords(self, kwargs)
         super().__post_init__(**kwargs)
         self.mmd_gammas = [float(g) for g in self.mmd_gammas]
         if self.variant not in XKD_VARIANTS:

@@ -10,7 +10,10 @@ Tensor layouts (as VideoMAE and AST take them):
 """
 
 
+import logging
 import math
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,10 +26,13 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import logging as hf_logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_xkd import XKDAudioConfig, XKDConfig, XKDVideoConfig
+
+logger = hf_logging.get_logger(__name__)
 
 __all__ = [
     "XKDVideoModel",
@@ -48,6 +54,7 @@ __all__ = [
     "refine_features",
     "gaussian_mmd",
     "cross_modal_distillation_loss",
+    "XKDCrossModalDistillationLoss",
     "combine_losses",
     "ema_update",
 ]
@@ -149,6 +156,56 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"`{name}` contains NaN or infinite values; check the preprocessing of this batch.")
 
 
+def _check_not_empty(name: str, tensor: torch.Tensor) -> None:
+    if tensor.shape[0] == 0:
+        raise ValueError(f"`{name}` is an empty batch (shape {tuple(tensor.shape)}); pass at least one clip.")
+
+
+def _to_model_dtype(name: str, tensor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Floating inputs take the model's dtype (a float32 batch into a bf16 model is cast to bf16, as the model
+    computes in bf16 anyway); anything else is refused by the input checks."""
+    if tensor.is_floating_point() and tensor.dtype != weight.dtype and weight.is_floating_point():
+        return tensor.to(weight.dtype)
+    return tensor
+
+
+def _check_same_batch(**inputs: torch.Tensor) -> None:
+    """Inputs that are paired sample by sample (video with audio, global with local views) need one batch size."""
+    sizes = {name: tensor.shape[0] for name, tensor in inputs.items() if isinstance(tensor, torch.Tensor)}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"`{name}` {size}" for name, size in sizes.items())
+        raise ValueError(f"these inputs are paired sample by sample but have different batch sizes: {listed}.")
+
+
+def _check_labels(labels: torch.Tensor, logits: torch.Tensor, config) -> None:
+    """Class indices in [0, num_labels) of shape (batch,), or multi-hot / regression targets of the logits' shape."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
+    batch, num_labels = logits.shape
+    if labels.shape[0] != batch:
+        raise ValueError(f"`labels` has {labels.shape[0]} rows but the batch has {batch} samples.")
+    if not labels.is_floating_point():
+        if labels.dtype == torch.bool or config.problem_type == "multi_label_classification":
+            raise ValueError(
+                f"`labels` for multi-label classification must be float multi-hot targets of shape {(batch, num_labels)},"
+                f" got {labels.dtype} {tuple(labels.shape)}."
+            )
+        if labels.ndim != 1:
+            raise ValueError(f"`labels` as class indices must have shape ({batch},), got {tuple(labels.shape)}.")
+        kept = labels[labels != -100]  # -100: cross-entropy's ignore_index
+        low, high = (int(kept.min()), int(kept.max())) if kept.numel() else (0, 0)
+        if low < 0 or high >= num_labels:
+            raise ValueError(
+                f"`labels` holds class index {high if high >= num_labels else low}, outside [0, {num_labels}) "
+                f"(num_labels={num_labels}); set num_labels in the config to the number of classes."
+            )
+    elif num_labels > 1 and tuple(labels.shape) != (batch, num_labels):
+        raise ValueError(
+            f"float `labels` are multi-hot targets and must have shape {(batch, num_labels)}, got {tuple(labels.shape)}"
+            "; class indices must be an integer tensor."
+        )
+
+
 def _check_video_input(pixel_values: torch.Tensor, config: XKDVideoConfig, name: str = "pixel_values") -> None:
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(pixel_values).__name__}.")
@@ -156,6 +213,7 @@ def _check_video_input(pixel_values: torch.Tensor, config: XKDVideoConfig, name:
         raise ValueError(
             f"`{name}` must have shape (batch, frames, channels, height, width), got {tuple(pixel_values.shape)}."
         )
+    _check_not_empty(name, pixel_values)
     if not pixel_values.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {pixel_values.dtype}.")
     _, frames, channels, height, width = pixel_values.shape
@@ -180,6 +238,7 @@ def _check_audio_input(input_values: torch.Tensor, config: XKDAudioConfig, name:
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(input_values).__name__}.")
     if input_values.ndim != 3:
         raise ValueError(f"`{name}` must have shape (batch, time, mel_bins), got {tuple(input_values.shape)}.")
+    _check_not_empty(name, input_values)
     if not input_values.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {input_values.dtype}.")
     _, time, mel = input_values.shape
@@ -194,6 +253,18 @@ def _check_audio_input(input_values: torch.Tensor, config: XKDAudioConfig, name:
             f"{config.time_patch_size}."
         )
     _check_finite(name, input_values)
+
+
+def _precise_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 when any input is float64, else float32: the precision-critical reductions never run below float32
+    and never downcast a float64 caller (tests and references compare in float64)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _autocast_off(tensor: torch.Tensor):
+    """Disable autocast for one block: under bf16 autocast the matmuls inside a loss (the MMD's distance `addmm`)
+    are cast down to bf16 even when their inputs were cast up to float32."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,7 +312,11 @@ def random_masking(
         kept `(B, len_keep, D)`, mask `(B, L)` (1 = dropped), ids_restore `(B, L)`.
     """
     batch, length, dim = sequence.shape
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)) or not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"`mask_ratio` must be a number strictly between 0 and 1, got {mask_ratio!r}.")
     len_keep = int(round(length * (1 - mask_ratio)))
+    if len_keep < 1:
+        raise ValueError(f"`mask_ratio`={mask_ratio} keeps no patch of {length}; use a smaller ratio.")
     if noise is None:
         noise = torch.rand(batch, length, device=sequence.device)
     elif noise.shape != (batch, length):
@@ -274,7 +349,7 @@ def _interpolate_video_position_embeddings(
     grid = patch_pos.reshape(1, t0, h0, w0, dim).permute(0, 4, 1, 2, 3)
     # scale_factor (not size) is what the released code passes; torch uses it as given in the coordinate mapping.
     grid = F.interpolate(
-        grid.float(),
+        grid.to(_precise_dtype(grid)),  # bf16 position tables are interpolated in float32; float64 stays
         scale_factor=((t1 + 0.1) / t0, (h1 + 0.1) / h0, (w1 + 0.1) / w0),
         mode="trilinear",
         align_corners=False,
@@ -297,7 +372,7 @@ def _interpolate_audio_position_embeddings(
     f1, t1 = target_grid
     grid = patch_pos.reshape(1, f0, t0, dim).permute(0, 3, 1, 2)
     grid = F.interpolate(
-        grid.float(), scale_factor=(1.0, (t1 + 0.1) / t0), mode="bicubic", align_corners=False
+        grid.to(_precise_dtype(grid)), scale_factor=(1.0, (t1 + 0.1) / t0), mode="bicubic", align_corners=False
     ).to(patch_pos.dtype)
     if grid.shape[-2:] != (f1, t1):
         raise ValueError(f"position-embedding interpolation gave grid {tuple(grid.shape[-2:])}, expected {target_grid}.")
@@ -516,7 +591,7 @@ class XKDAttention(nn.Module):
         query = F.linear(hidden_states[:, :1], w_q, b_q).reshape(batch, 1, self.num_heads, self.head_dim)
         key = F.linear(hidden_states, w_k, b_k).reshape(batch, length, self.num_heads, self.head_dim)
         logits = torch.einsum("bqhd,bkhd->bhqk", query, key).squeeze(2) * self.scaling
-        return logits.float().softmax(dim=-1)
+        return logits.to(_precise_dtype(logits)).softmax(dim=-1)
 
 
 class XKDMLP(nn.Module):
@@ -609,9 +684,8 @@ class _XKDInitMixin:
             bound = 1.0 / math.sqrt(module.weight_v.shape[1])
             init.uniform_(module.weight_v, -bound, bound)
             init.ones_(module.weight_g)
-        elif isinstance(module, XKDForPretraining):
-            init.zeros_(module.video_teacher_center)
-            init.zeros_(module.audio_teacher_center)
+        elif isinstance(module, XKDCrossModalDistillationLoss):
+            init.zeros_(module.center)
 
 
 # When a single tower (or its classifier) loads from an XKDModel / XKDForPretraining folder, the other tower, the
@@ -622,7 +696,132 @@ _NOT_THE_AUDIO_TOWER = [r"^video_model\.", r"^video_student\.", r"^audio_student
                         r"_teacher_center$"]
 
 
-class XKDVideoPreTrainedModel(_XKDInitMixin, PreTrainedModel):
+class _DropLoadReport(logging.Filter):
+    """Hides transformers' multi-line LOAD REPORT while `from_pretrained` runs: `_XKDLoudLoadingMixin` raises with
+    the same key names instead (or writes its one-line note for a fresh head)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+def _is_safetensors_error(error: BaseException) -> bool:
+    return type(error).__name__ == "SafetensorError" or "deserializing header" in str(error)
+
+
+def _unreadable_safetensors(folder: str) -> str | None:
+    """The first `*.safetensors` file of a local folder that safetensors cannot open (truncated, not a file)."""
+    from safetensors import safe_open
+
+    if not os.path.isdir(folder):
+        return None
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            path = os.path.join(folder, name)
+            try:
+                with safe_open(path, framework="pt") as handle:
+                    handle.keys()
+            except Exception:  # noqa: BLE001 - any failure to open is what we report
+                return path
+    return None
+
+
+def _list_keys(keys, limit: int = 8) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+class _XKDLoudLoadingMixin:
+    """`from_pretrained` that stops when the weights do not fit the model (DEVELOPERS rule "loading is loud").
+
+    transformers 5 only logs a report of missing, unexpected and mismatched keys and initialises whatever is
+    missing. Built on that report (`output_loading_info`): any missing, unexpected or (size-)mismatched key raises
+    a `ValueError` naming the keys, except for the one expected case, a fresh classification head on a backbone
+    folder (`_fresh_head_keys`), which loads with a one-line note naming the new head keys. Leftovers that a class
+    declares expected (`_keys_to_ignore_on_load_unexpected`: a tower from an XKDModel or pretraining folder) are
+    not errors. `allow_partial_load=True` loads anyway, with a one-line warning. A `*.safetensors` file that
+    cannot be read (truncated) is named.
+    """
+
+    _fresh_head_keys: tuple[str, ...] = ()  # regexes of keys a backbone folder lacks by design (new heads)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_partial_load: bool = False, **kwargs):
+        want_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched = kwargs.get("ignore_mismatched_sizes", False)
+        # Mismatches are judged below (a resized head is the fresh-head case), so transformers must not raise first.
+        kwargs["ignore_mismatched_sizes"] = True
+        report_logger = logging.getLogger(PreTrainedModel.__module__)
+        report_filter = _DropLoadReport()
+        report_logger.addFilter(report_filter)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except Exception as error:
+            if not _is_safetensors_error(error):
+                raise
+            folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder", "") or "")
+            bad = _unreadable_safetensors(folder) or os.path.join(folder, "model.safetensors")
+            raise OSError(
+                f"cannot read the weights file {bad}: {error}. The file is truncated or damaged (an interrupted "
+                "download or copy?); copy or save it again."
+            ) from error
+        finally:
+            report_logger.removeFilter(report_filter)
+        cls._check_loading_info(model, info, pretrained_model_name_or_path, ignore_mismatched, allow_partial_load)
+        return (model, info) if want_info else model
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        # transformers merges every child's `_keys_to_ignore_on_load_unexpected` into the parent's; the towers' rule
+        # ("the other tower is an expected leftover") would then hide any unexpected key of XKDModel or
+        # XKDForPretraining. Only the loaded class's own rule applies.
+        merged = self._keys_to_ignore_on_load_unexpected
+        self._keys_to_ignore_on_load_unexpected = set(type(self)._keys_to_ignore_on_load_unexpected or [])
+        try:
+            super()._adjust_missing_and_unexpected_keys(loading_info)
+        finally:
+            self._keys_to_ignore_on_load_unexpected = merged
+
+    @classmethod
+    def _check_loading_info(cls, model, info, source, ignore_mismatched: bool, allow_partial_load: bool) -> None:
+        fresh = re.compile("|".join(cls._fresh_head_keys)) if cls._fresh_head_keys else None
+        is_head = (lambda key: fresh is not None and fresh.search(key) is not None)  # noqa: E731
+        missing = set(info["missing_keys"])
+        unexpected = set(info["unexpected_keys"])
+        mismatched = {key: (tuple(a), tuple(b)) for key, a, b in info["mismatched_keys"]}
+        new_head = {key for key in missing if is_head(key)}
+        if ignore_mismatched:  # a head resized on purpose (other num_labels) is a fresh head too
+            new_head |= {key for key in mismatched if is_head(key)}
+        problems = []
+        if missing - new_head:
+            problems.append(f"keys missing from the folder (would be left at random init): {_list_keys(missing - new_head)}")
+        if unexpected:
+            problems.append(f"keys in the folder but not in {type(model).__name__} (would be dropped): {_list_keys(unexpected)}")
+        bad_shapes = {key: shapes for key, shapes in mismatched.items() if key not in new_head}
+        if bad_shapes:
+            shown = [f"{key} {shapes[0]} in the folder vs {shapes[1]} in the model" for key, shapes in
+                     sorted(bad_shapes.items())[:8]]
+            problems.append("keys of another shape: " + "; ".join(shown) + (" ..." if len(bad_shapes) > 8 else ""))
+        if bad_shapes and all(is_head(key) for key in bad_shapes):
+            problems.append("for a new head with another number of labels pass ignore_mismatched_sizes=True")
+        if problems and not allow_partial_load:
+            raise ValueError(
+                f"{type(model).__name__}.from_pretrained({str(source)!r}): the weights do not fit this model: "
+                + "; ".join(problems)
+                + ". Is it the right class for this folder (a tower folder holds one XKDVideoModel/XKDAudioModel, "
+                "an XKDModel folder both teachers, only a pretraining folder fits XKDForPretraining)? Pass "
+                "allow_partial_load=True to load it anyway."
+            )
+        if problems:
+            logger.warning(f"{type(model).__name__}: partial load from {source} (allow_partial_load=True): "
+                           + "; ".join(problems))
+        if new_head:
+            logger.warning(f"{type(model).__name__}: new head initialised from scratch (not in {source}): "
+                           f"{_list_keys(new_head)}")
+
+
+class XKDVideoPreTrainedModel(_XKDLoudLoadingMixin, _XKDInitMixin, PreTrainedModel):
     config: XKDVideoConfig
     _keys_to_ignore_on_load_unexpected = _NOT_THE_VIDEO_TOWER
     base_model_prefix = "video_model"
@@ -637,7 +836,7 @@ class XKDVideoPreTrainedModel(_XKDInitMixin, PreTrainedModel):
     _can_record_outputs = {"hidden_states": XKDLayer, "attentions": XKDAttention}
 
 
-class XKDAudioPreTrainedModel(_XKDInitMixin, PreTrainedModel):
+class XKDAudioPreTrainedModel(_XKDLoudLoadingMixin, _XKDInitMixin, PreTrainedModel):
     config: XKDAudioConfig
     _keys_to_ignore_on_load_unexpected = _NOT_THE_AUDIO_TOWER
     base_model_prefix = "audio_model"
@@ -705,6 +904,7 @@ class XKDVideoModel(XKDVideoPreTrainedModel):
         Returns: `XKDModelOutput` with `pooler_output` `(batch, hidden)` = the paper's video feature.
         """
         _check_video_input(pixel_values, self.config)
+        pixel_values = _to_model_dtype("pixel_values", pixel_values, self.embeddings.patch_embeddings.projection.weight)
         return _encode(self, pixel_values, mask_ratio, noise, interpolate_pos_encoding, output_cls_attention, kwargs)
 
 
@@ -741,6 +941,7 @@ class XKDAudioModel(XKDAudioPreTrainedModel):
         Returns: `XKDModelOutput` with `pooler_output` `(batch, hidden)` = the paper's audio feature.
         """
         _check_audio_input(input_values, self.config)
+        input_values = _to_model_dtype("input_values", input_values, self.embeddings.patch_embeddings.projection.weight)
         return _encode(self, input_values, mask_ratio, noise, interpolate_pos_encoding, output_cls_attention, kwargs)
 
 
@@ -751,6 +952,8 @@ class XKDAudioModel(XKDAudioPreTrainedModel):
 
 class XKDForVideoClassification(XKDVideoPreTrainedModel):
     """Video encoder + dropout + linear on the pooled feature (the released fine-tuning `Classifier`)."""
+
+    _fresh_head_keys = (r"^classifier\.",)  # a backbone folder has no head: the one expected missing key
 
     def __init__(self, config: XKDVideoConfig):
         super().__init__(config)
@@ -783,6 +986,7 @@ class XKDForVideoClassification(XKDVideoPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
+            _check_labels(labels, logits, self.config)
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
@@ -792,6 +996,8 @@ class XKDForVideoClassification(XKDVideoPreTrainedModel):
 class XKDForAudioClassification(XKDAudioPreTrainedModel):
     """Audio encoder + linear on the pooled feature. Multi-label (BCE) with
     `problem_type="multi_label_classification"` (FSD50K)."""
+
+    _fresh_head_keys = (r"^classifier\.",)  # a backbone folder has no head: the one expected missing key
 
     def __init__(self, config: XKDAudioConfig):
         super().__init__(config)
@@ -824,6 +1030,7 @@ class XKDForAudioClassification(XKDAudioPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
+            _check_labels(labels, logits, self.config)
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
@@ -935,13 +1142,19 @@ def masked_reconstruction_loss(
     Args:
         prediction, target: `(B, N, patch_dim)`; mask: `(B, N)`, 1 = masked.
         norm_pix_loss: standardise each target patch with its mean and unbiased variance, (x - mu) / sqrt(var + 1e-6).
+
+    Computed in float32 with autocast off (float64 if an input is float64): the per-patch variance of a bf16 target
+    loses the small patches' contrast, and the 1e-6 of the denominator is below bf16's resolution of 1.
     """
-    if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1.0e-6) ** 0.5
-    per_patch = ((prediction.float() - target.float()) ** 2).mean(dim=-1)
-    return (per_patch * mask).sum() / mask.sum()
+    dtype = _precise_dtype(prediction, target)
+    with _autocast_off(prediction):
+        prediction, target, mask = prediction.to(dtype), target.to(dtype), mask.to(dtype)
+        if norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        per_patch = ((prediction - target) ** 2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()
 
 
 def cross_modal_attention_weights(
@@ -956,8 +1169,9 @@ def cross_modal_attention_weights(
 
     Returns: video weights `(B, H, Nv)`, audio weights `(B, H, Na)`.
     """
-    v = video_attention.float()
-    a = audio_attention.float()
+    dtype = _precise_dtype(video_attention, audio_attention)
+    v = video_attention.to(dtype)
+    a = audio_attention.to(dtype)
     v_mean = v.mean(dim=-1, keepdim=True)
     a_mean = a.mean(dim=-1, keepdim=True)
     video_rows = v * a_mean  # mean over audio tokens of M, for each video token
@@ -994,6 +1208,13 @@ def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, gammas) -> torch.Tensor:
     K(a, b) = sum_gamma exp(-gamma ||a - b||^2); MMD^2 = mean K(x, x) + mean K(y, y) - 2 mean K(x, y), diagonals
     included. Squared distances are ||a||^2 + ||b||^2 - 2 a.b clamped at 1e-30, as released (DomainBed).
 
+    Precision (why this is not the released code's arithmetic, though it is its formula): the projector's rows are
+    LayerNorm-ed, so ||a||^2 = d = 8192, while early in training the rows differ by a few percent; the expansion
+    then cancels catastrophically. Measured on such rows: float32 is 10 % off, bf16 (what autocast gives the
+    `addmm`) returns 0 or even negative values. So: (1) autocast is disabled and the computation runs in float32
+    (float64 stays float64); (2) both sets are first shifted by their common mean, which leaves every distance
+    unchanged but makes the norms as small as the spread: float32 is then within ~1e-4 (relative) of float64.
+
     Args:
         x: `(n, d)`, y: `(m, d)`; gammas: the kernel bandwidths.
     """
@@ -1004,8 +1225,12 @@ def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, gammas) -> torch.Tensor:
         distances = torch.addmm(b_sq.transpose(0, 1), a, b.transpose(0, 1), alpha=-2).add_(a_sq).clamp_min_(1e-30)
         return sum(torch.exp(distances * -gamma) for gamma in gammas)
 
-    x, y = x.float(), y.float()
-    return kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean()
+    dtype = _precise_dtype(x, y)
+    with _autocast_off(x):
+        x, y = x.to(dtype), y.to(dtype)
+        shift = torch.cat([x, y]).mean(dim=0, keepdim=True).detach()  # translation-invariant: distances unchanged
+        x, y = x - shift, y - shift
+        return kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean()
 
 
 def cross_modal_distillation_loss(
@@ -1027,6 +1252,10 @@ def cross_modal_distillation_loss(
         teacher_logits: `(B, K)`; center: `(1, K)`.
 
     Returns: loss, mean teacher entropy, mean KL(q || p), and the teacher batch mean `(1, K)` (for the center).
+
+    Computed in float32 with autocast off (float64 stays float64): the centring subtracts two nearly equal
+    numbers and the temperatures (0.07-0.1) multiply the difference by 10-14 before the exponential, so a bf16
+    teacher - center (8 bits) would decide the target distribution.
     """
     batch = teacher_logits.shape[0]
     if student_logits.shape[0] % batch:
@@ -1034,15 +1263,50 @@ def cross_modal_distillation_loss(
             f"student logits ({student_logits.shape[0]} rows) are not a whole number of views of batch {batch}."
         )
     views = student_logits.shape[0] // batch
-    teacher = teacher_logits.detach().float()
-    q = F.softmax((teacher - center) / teacher_temperature, dim=-1).repeat(views, 1)
-    log_p = F.log_softmax(student_logits.float() / student_temperature, dim=-1)
-    loss = -(q * log_p).sum(dim=-1).mean()
-    with torch.no_grad():
-        log_q = torch.log(q.clamp_min(1e-30))
-        entropy = -(q * log_q).sum(dim=-1).mean()
-        kl = (q * (log_q - log_p)).sum(dim=-1).mean()
-    return loss, entropy, kl, teacher.mean(dim=0, keepdim=True)
+    dtype = _precise_dtype(student_logits, teacher_logits)
+    with _autocast_off(student_logits):
+        teacher = teacher_logits.detach().to(dtype)
+        q = F.softmax((teacher - center.to(dtype)) / teacher_temperature, dim=-1).repeat(views, 1)
+        log_p = F.log_softmax(student_logits.to(dtype) / student_temperature, dim=-1)
+        loss = -(q * log_p).sum(dim=-1).mean()
+        with torch.no_grad():
+            log_q = torch.log(q.clamp_min(1e-30))
+            entropy = -(q * log_q).sum(dim=-1).mean()
+            kl = (q * (log_q - log_p)).sum(dim=-1).mean()
+        return loss, entropy, kl, teacher.mean(dim=0, keepdim=True)
+
+
+class XKDCrossModalDistillationLoss(nn.Module):
+    """One direction of the cross-modal distillation (Eq. 10-11) with the state it owns: the centre of the
+    teacher's outputs (DINO's centring), as DINOv2's `DINOLoss` owns its `center`.
+
+    `forward` gives the loss, the teacher entropy, KL(q || p) and the teacher batch mean (see
+    `cross_modal_distillation_loss`); `update_center` moves the centre, c <- m c + (1 - m) mean_batch(t), with the
+    batch mean averaged over processes when torch.distributed is initialised (so every rank keeps the same centre).
+
+    The buffer is `center` `(1, K)`. `XKDForPretraining` saves it under the names checkpoints have always used
+    (`video_teacher_center`, `audio_teacher_center`), see `XKDForPretraining._CENTER_KEYS`.
+    """
+
+    def __init__(self, output_size: int, center_momentum: float):
+        super().__init__()
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, output_size))
+
+    def forward(self, student_logits, teacher_logits, teacher_temperature: float, student_temperature: float):
+        return cross_modal_distillation_loss(
+            student_logits, teacher_logits, self.center, teacher_temperature, student_temperature
+        )
+
+    @torch.no_grad()
+    def update_center(self, batch_mean: torch.Tensor) -> None:
+        """c <- m c + (1 - m) batch mean; the batch mean is averaged over processes when distributed."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            batch_mean = batch_mean.clone()
+            torch.distributed.all_reduce(batch_mean)
+            batch_mean /= torch.distributed.get_world_size()
+        m = self.center_momentum
+        self.center.mul_(m).add_(batch_mean.to(self.center.dtype), alpha=1 - m)
 
 
 def combine_losses(reconstruction, alignment, distillation, config: XKDConfig) -> torch.Tensor:
@@ -1076,7 +1340,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class XKDPreTrainedModel(_XKDInitMixin, PreTrainedModel):
+class XKDPreTrainedModel(_XKDLoudLoadingMixin, _XKDInitMixin, PreTrainedModel):
     config: XKDConfig
     base_model_prefix = "xkd"
     main_input_name = "pixel_values"
@@ -1091,6 +1355,10 @@ class XKDPreTrainedModel(_XKDInitMixin, PreTrainedModel):
 
 class XKDModel(XKDPreTrainedModel):
     """Both encoders. In a converted release these are the EMA teachers, which the paper evaluates."""
+
+    # From a pretraining folder XKDModel gives the teachers (as the towers do); the rest is expected to stay behind.
+    _keys_to_ignore_on_load_unexpected = [r"^video_student\.", r"^audio_student\.", r"_head\.", r"_decoder\.",
+                                          r"_teacher_center$"]
 
     def __init__(self, config: XKDConfig):
         super().__init__(config)
@@ -1108,6 +1376,7 @@ class XKDModel(XKDPreTrainedModel):
 
     def get_audio_visual_features(self, pixel_values: torch.Tensor, input_values: torch.Tensor) -> torch.Tensor:
         """Late fusion (Kinetics-Sound protocol): each feature L2-normalised, then concatenated, `(B, 2 * hidden)`."""
+        _check_same_batch(pixel_values=pixel_values, input_values=input_values)
         video = F.normalize(self.get_video_features(pixel_values), dim=-1)
         audio = F.normalize(self.get_audio_features(input_values), dim=-1)
         return torch.cat([video, audio], dim=-1)
@@ -1167,8 +1436,11 @@ class XKDForPretraining(XKDPreTrainedModel):
         self.audio_student_head = XKDProjectionHead(config, a_cfg.hidden_size)
         self.video_decoder = XKDDecoder(config, v_cfg, v_cfg.num_patches, v_cfg.patch_dim)
         self.audio_decoder = XKDDecoder(config, a_cfg, a_cfg.num_patches, a_cfg.patch_dim)
-        self.register_buffer("video_teacher_center", torch.zeros(1, config.projector_output_size))
-        self.register_buffer("audio_teacher_center", torch.zeros(1, config.projector_output_size))
+        # Eq. 10-11, each direction with the centre of its teacher: the video teacher teaches the audio student
+        self.video_to_audio_distillation = XKDCrossModalDistillationLoss(
+            config.projector_output_size, config.center_momentum)
+        self.audio_to_video_distillation = XKDCrossModalDistillationLoss(
+            config.projector_output_size, config.center_momentum)
         self.post_init()
         self.copy_students_to_teachers()
 
@@ -1248,11 +1520,54 @@ class XKDForPretraining(XKDPreTrainedModel):
 
     # --- saving: shared blocks ---------------------------------------------------------------------------------
 
+    # The distillation-loss modules own the centres; checkpoints (save_pretrained, accelerate's save_state, the
+    # converter) have always named them `video_teacher_center` / `audio_teacher_center` and keep doing so. These are
+    # the only keys whose saved name differs from the module path; `state_dict` writes the saved names, loading
+    # accepts both, and the attributes of those names read and replace the modules' buffers.
+    _CENTER_KEYS = {"video_teacher_center": "video_to_audio_distillation.center",
+                    "audio_teacher_center": "audio_to_video_distillation.center"}
+
+    @property
+    def video_teacher_center(self) -> torch.Tensor:
+        """Centre of the video teacher's outputs `(1, K)` (owned by `video_to_audio_distillation`)."""
+        return self.video_to_audio_distillation.center
+
+    @property
+    def audio_teacher_center(self) -> torch.Tensor:
+        """Centre of the audio teacher's outputs `(1, K)` (owned by `audio_to_video_distillation`)."""
+        return self.audio_to_video_distillation.center
+
+    def __setattr__(self, name, value):
+        # transformers' loader sets a loaded tensor with setattr(model, saved_name, tensor) (wrapped as a
+        # Parameter, since the saved name is not one of this module's own buffers): route it to the owner's buffer.
+        if name in type(self)._CENTER_KEYS and isinstance(value, torch.Tensor):
+            tensor = value.detach() if isinstance(value, nn.Parameter) else value
+            if getattr(value, "_is_hf_initialized", False):
+                tensor._is_hf_initialized = True  # loaded: the init pass must not zero it again
+            owner = self._CENTER_KEYS[name].rpartition(".")[0]
+            setattr(getattr(self, owner), "center", tensor)
+            return
+        super().__setattr__(name, value)
+
+    def get_parameter_or_buffer(self, target: str):
+        return super().get_parameter_or_buffer(self._CENTER_KEYS.get(target, target))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torch's load_state_dict (accelerate's load_state, tests): saved names -> module paths, in place
+        for saved, path in self._CENTER_KEYS.items():
+            if prefix + saved in state_dict:
+                state_dict[prefix + path] = state_dict.pop(prefix + saved)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def state_dict(self, *args, **kwargs):
         # MAS/MATS share one block stack between two towers. Saving writes every tower in full (as the released
         # backbone files do) so that each tower loads on its own; the duplicates are cloned because safetensors
         # refuses aliased tensors. Loading writes the same values into the shared module twice.
         state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for saved, path in self._CENTER_KEYS.items():
+            if prefix + path in state:
+                state[prefix + saved] = state.pop(prefix + path)
         if not self.config.shares_student_blocks:
             return state
         seen = set()
@@ -1280,15 +1595,6 @@ class XKDForPretraining(XKDPreTrainedModel):
         )
         return refine_features(video_tokens, video_weights), refine_features(audio_tokens, audio_weights)
 
-    @torch.no_grad()
-    def _update_center(self, center: torch.Tensor, batch_mean: torch.Tensor) -> None:
-        """center <- m center + (1 - m) batch mean; the batch mean is averaged over processes when distributed."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            batch_mean = batch_mean.clone()
-            torch.distributed.all_reduce(batch_mean)
-            batch_mean /= torch.distributed.get_world_size()
-        m = self.config.center_momentum
-        center.mul_(m).add_(batch_mean.to(center.dtype), alpha=1 - m)
 
     @can_return_tuple
     def forward(
@@ -1320,6 +1626,9 @@ class XKDForPretraining(XKDPreTrainedModel):
         v_cfg, a_cfg = cfg.video_config, cfg.audio_config
         local_video = _as_views(local_pixel_values, "local_pixel_values")
         local_audio = _as_views(local_input_values, "local_input_values")
+        _check_same_batch(pixel_values=pixel_values, input_values=input_values,
+                          **{f"local_pixel_values[{i}]": v for i, v in enumerate(local_video)},
+                          **{f"local_input_values[{i}]": a for i, a in enumerate(local_audio)})
         for index, view in enumerate(local_video):
             _check_video_input(view, v_cfg, f"local_pixel_values[{index}]")
         for index, view in enumerate(local_audio):
@@ -1355,11 +1664,11 @@ class XKDForPretraining(XKDPreTrainedModel):
             v_teacher = self.video_teacher_head(v_feat)
             a_teacher = self.audio_teacher_head(a_feat)
 
-        kd_v2a, ent_v, kl_v2a, mean_v = cross_modal_distillation_loss(
-            a_student, v_teacher, self.video_teacher_center, tau_v, cfg.student_temperature
+        kd_v2a, ent_v, kl_v2a, mean_v = self.video_to_audio_distillation(
+            a_student, v_teacher, tau_v, cfg.student_temperature
         )
-        kd_a2v, ent_a, kl_a2v, mean_a = cross_modal_distillation_loss(
-            v_student, a_teacher, self.audio_teacher_center, tau_a, cfg.student_temperature
+        kd_a2v, ent_a, kl_a2v, mean_a = self.audio_to_video_distillation(
+            v_student, a_teacher, tau_a, cfg.student_temperature
         )
         distillation = (kd_v2a + kd_a2v) / 2
 
@@ -1371,8 +1680,8 @@ class XKDForPretraining(XKDPreTrainedModel):
         loss = combine_losses(reconstruction, alignment, distillation, cfg)
 
         if self.training:
-            self._update_center(self.video_teacher_center, mean_v)
-            self._update_center(self.audio_teacher_center, mean_a)
+            self.video_to_audio_distillation.update_center(mean_v)
+            self.audio_to_video_distillation.update_center(mean_a)
 
         return XKDForPretrainingOutput(
             loss=loss,
