@@ -213,7 +213,7 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the log-mel extractor reuses its own buffers across calls
 def extract_teacher_features(teacher: nn.Module, kind: str, dataset, out_dir, video_processor=None,
                              feature_extractor=None, num_clips: int = 1, batch_size: int = 16,
                              device: str = "cpu", progress: bool = True, overwrite: bool = False) -> dict:
