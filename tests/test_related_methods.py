@@ -702,3 +702,58 @@ def test_run_distillation_end_to_end(tmp_path, clips, name):
         assert results["missing_teacher_features"] == {"audio": 1}
         # 6 videos seen once, the one without a feature never distilled
         assert results["seen_rows"] == 6 and results["distilled_rows"]["audio"] == 5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command lines: extract -> distill, and linear_eval --protocol retrieval for XKD features
+# ----------------------------------------------------------------------------------------------------------------
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run_cli(script, argv):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"related_cli_{script}", REPO / "training" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+def test_extract_then_distill_and_retrieval_command_lines(tmp_path, clips, capsys):
+    from transformers_xkd import XKDFeatureExtractor
+
+    root, _, _ = clips
+    ckpt = tmp_path / "xkd_audio"
+    XKDAudioModel(XKDAudioConfig(**TINY_AUDIO)).save_pretrained(ckpt)
+    XKDFeatureExtractor(feature_size=16, clip_duration=63 * 143 / 16000).save_pretrained(ckpt)
+    feats = tmp_path / "feats"
+    rc = _run_cli("extract_teacher_features", ["--kind", "audio", "--teacher", str(ckpt), "--dataset", "folder",
+                                               "--data-root", str(root / "train"), "--out", str(feats)])
+    assert rc == 0 and len(list(feats.glob("*/*.npy"))) == 6
+    assert '"written": 6' in capsys.readouterr().out
+    out = tmp_path / "run"
+    rc = _run_cli("distill", ["--method", "ccl", "--teacher", "audio", "--student", "r2plus1d", "--dataset", "folder",
+                              "--data-root", str(root), "--audio-features", str(feats), "--output-dir", str(out),
+                              "--student-config", json.dumps(TINY_R21D), "--set", "num_frames=8", "image_size=32",
+                              "resize_shortest_edge=36", "epochs=1", "batch_size=3", "fps=8.0"])
+    assert rc == 0
+    results = json.loads((out / "distill_results.json").read_text())
+    assert results["missing_teacher_features"] == {"audio": 0} and results["teachers"] == ["audio"]
+    assert results["recipe"]["optimizer"] == "sgd" and results["recipe"]["milestones"] == [150, 225]
+    # a teacher without features or a model is a usage error naming the flags
+    with pytest.raises(SystemExit):
+        _run_cli("distill", ["--method", "ccl", "--teacher", "image", "--dataset", "folder", "--data-root",
+                             str(root), "--output-dir", str(out)])
+    assert "--image-features" in capsys.readouterr().err
+    # retrieval with frozen XKD video features
+    video = tmp_path / "xkd_video"
+    XKDVideoModel(XKDVideoConfig(**TINY_XKD_VIDEO)).save_pretrained(video)
+    from transformers_xkd import XKDVideoProcessor
+
+    XKDVideoProcessor(num_frames=8, size={"shortest_edge": 36}, crop_size=32).save_pretrained(video)
+    rc = _run_cli("linear_eval", ["--checkpoint", str(video), "--dataset", "folder", "--data-root", str(root),
+                                  "--protocol", "retrieval", "--test-clips", "2", "--output-dir", str(tmp_path / "r")])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "r" / "retrieval_results.json").read_text())
+    assert metrics["num_queries"] == 3 and metrics["num_gallery"] == 6
+    assert {"R@1", "R@5", "R@10", "R@20", "mAP@500"} <= set(metrics)
