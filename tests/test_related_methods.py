@@ -671,9 +671,30 @@ RUNS = {
 }
 
 
+class _RecordingHfApi:
+    """Stand-in for `huggingface_hub.HfApi` (no network): records what would be pushed."""
+
+    pushed: list = []
+
+    def __init__(self, token=None, **kwargs):
+        pass
+
+    def create_repo(self, repo_id, **kwargs):
+        return repo_id
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        _RecordingHfApi.pushed.append((repo_id, sorted(p.name for p in pathlib.Path(folder_path).iterdir())))
+        return {"repo_id": repo_id}
+
+
 @pytest.mark.parametrize("name", list(RUNS))
-def test_run_distillation_end_to_end(tmp_path, clips, name):
+def test_run_distillation_end_to_end(tmp_path, clips, name, monkeypatch):
+    import huggingface_hub
+
     from transformers_xkd.downstream.distill import run_distillation
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", _RecordingHfApi)
+    _RecordingHfApi.pushed = []
 
     torch.manual_seed(0)
     run = RUNS[name]
@@ -684,6 +705,7 @@ def test_run_distillation_end_to_end(tmp_path, clips, name):
         kwargs["teacher_feature_dirs"] = {"audio": _feature_folder(tmp_path / "feats", train, skip=skip)}
     else:
         kwargs["audio_teacher"] = XKDAudioModel(XKDAudioConfig(**TINY_AUDIO))
+        kwargs["push_to_hub"] = "user/mnf-student"
     student_config = TINY_R21D if run["student"] == "r2plus1d" else TINY_XKD_VIDEO
     overrides = {**TINY_RECIPE, "epochs": 1, "batch_size": 3, "fps": 8.0}
     results = run_distillation(run["method"], train, test, tmp_path / "out", teachers=run["teachers"],
@@ -702,6 +724,11 @@ def test_run_distillation_end_to_end(tmp_path, clips, name):
         assert results["missing_teacher_features"] == {"audio": 1}
         # 6 videos seen once, the one without a feature never distilled
         assert results["seen_rows"] == 6 and results["distilled_rows"]["audio"] == 5
+    else:
+        repo, files = _RecordingHfApi.pushed[0]
+        assert repo == "user/mnf-student" and {"README.md", "config.json", "model.safetensors"} <= set(files)
+        card = (tmp_path / "out" / "classifier" / "README.md").read_text()
+        assert "pipeline_tag: video-classification" in card and "MNF + CSC" in card
 
 
 # ----------------------------------------------------------------------------------------------------------------
