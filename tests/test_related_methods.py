@@ -784,3 +784,20 @@ def test_extract_then_distill_and_retrieval_command_lines(tmp_path, clips, capsy
     metrics = json.loads((tmp_path / "r" / "retrieval_results.json").read_text())
     assert metrics["num_queries"] == 3 and metrics["num_gallery"] == 6
     assert {"R@1", "R@5", "R@10", "R@20", "mAP@500"} <= set(metrics)
+
+
+def test_audio_filter_and_native_fps_test_on_real_media(real_media, tmp_path):
+    from transformers_xkd.downstream.datasets import load_folder
+    from transformers_xkd.downstream.distill import (DISTILLATION_RECIPES, build_distillation_model,
+                                                     filter_videos_with_audio, sliding_window_predict)
+
+    for cls, name in (("talk", "b.mp4"), ("talk", "world.mp4"), ("silent", "muted_b.mp4")):
+        (tmp_path / cls).mkdir(exist_ok=True)
+        (tmp_path / cls / name).symlink_to(real_media / "video" / name)
+    train, _, report = filter_videos_with_audio(load_folder(tmp_path))
+    assert (report.classes_after, report.train_after, report.dropped_classes) == (1, 2, ["silent"])
+    model = build_distillation_model("baseline", [], ["talk", "other"], "r2plus1d", student_config=TINY_R21D)
+    recipe = {**DISTILLATION_RECIPES["ccl"], **TINY_RECIPE}  # CCL: the file's native 30 fps
+    scores, feats, labels = sliding_window_predict(model, train.select([0]), recipe)
+    assert scores.shape == (1, 2) and feats.shape == (1, 16)
+    assert scores.sum() == pytest.approx(1.0, abs=1e-5) and labels.tolist() == [0]
