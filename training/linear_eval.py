@@ -10,6 +10,8 @@ the *_test_split<N>.txt files), esc50 (DATA_ROOT/meta/esc50.csv; --split is the 
 --cache-dir (keyed by checkpoint, file list, protocol and processors), so re-runs skip extraction. --output-dir
 receives the results JSON and, for single-modality runs, the encoder + linear head as a pipeline-ready
 classifier folder with a model card; --push-to-hub uploads that folder.
+--protocol retrieval: video retrieval instead (test videos query the training videos by cosine similarity of their
+mean clip features; R@1/5/10/20 and mAP@500; --test-clips clips per video, default 3).
 Undecodable clips: refused (every file's header is read first; the files that cannot be decoded are listed).
 Exit codes: 0 done, 2 bad arguments, missing or undecodable files (a report lists them), a checkpoint folder
 without config.json, or a training split with fewer than two classes.
@@ -68,6 +70,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.push_to_hub and not args.output_dir:
         p.error("--push-to-hub needs --output-dir (the folder that is pushed)")
+    if args.protocol == "retrieval":  # video retrieval (R@k, mAP@500), as the MNF + CSC release evaluates it
+        from transformers_xkd.downstream.retrieval import run_retrieval_eval
+
+        try:
+            metrics = run_retrieval_eval(args.checkpoint, args.dataset, args.data_root, args.split_dir, args.split,
+                                         args.modality, args.test_clips or 3, args.cache_dir, args.output_dir,
+                                         args.batch_size, args.device, args.allow_missing, test_root=args.test_root)
+        except (ValueError, OSError) as err:  # MissingMediaError, SplitFileError, decoding
+            return fail(err)
+        print(metrics)
+        return 0
     try:
         run_linear_eval(
             args.checkpoint, args.dataset, args.data_root, args.modality, args.split_dir, args.split, args.protocol,

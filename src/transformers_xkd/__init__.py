@@ -128,3 +128,50 @@ def _register_media() -> None:
 
 _register_media()
 # --- end media registration ---
+
+# --- related methods: CCL and MNF + CSC (issue 15) ---
+from .configuration_xkd_distillation import XKDDistillationConfig, XKDR2Plus1DConfig  # noqa: E402
+from .distillation_ccl import (  # noqa: E402
+    CCLCompositionHead,
+    ccl_contrastive_loss,
+    ccl_objective,
+    ccl_symmetric_contrastive_loss,
+    ccl_symmetric_kl_loss,
+)
+from .distillation_mnf import (  # noqa: E402
+    MNFModule,
+    csc_loss,
+    csc_temperature,
+    mnf_gate_sparsity_loss,
+    mnf_objective,
+    mnf_triplet_loss,
+)
+from .modeling_xkd_distillation import (  # noqa: E402
+    XKDDistillationOutput,
+    XKDForCCLDistillation,
+    XKDForMNFDistillation,
+    XKDR2Plus1DForVideoClassification,
+    XKDR2Plus1DModel,
+)
+
+__all__ += [
+    "XKDR2Plus1DConfig",
+    "XKDDistillationConfig",
+    "XKDR2Plus1DModel",
+    "XKDR2Plus1DForVideoClassification",
+    "XKDForCCLDistillation",
+    "XKDForMNFDistillation",
+    "XKDDistillationOutput",
+    "CCLCompositionHead",
+    "ccl_contrastive_loss",
+    "ccl_symmetric_contrastive_loss",
+    "ccl_symmetric_kl_loss",
+    "ccl_objective",
+    "MNFModule",
+    "csc_loss",
+    "csc_temperature",
+    "mnf_triplet_loss",
+    "mnf_gate_sparsity_loss",
+    "mnf_objective",
+]
+# --- end related methods ---
