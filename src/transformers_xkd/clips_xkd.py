@@ -57,6 +57,9 @@ except Exception:  # pragma: no cover - very old transformers
 
 
 TIME_TOLERANCE = _TIME_TOLERANCE  # seconds; see the module docstring ("Frame index")
+# A stream whose decoded content stops more than this many seconds before the duration its header states is
+# reported as truncated (headers are often off by a frame or an audio packet; a cut file is off by much more).
+TRUNCATION_SLACK_S = 1.0
 
 
 def reject_unknown_keywords(owner: str, given, valid, aliases: dict | None = None) -> None:
@@ -438,6 +441,7 @@ def _read_with(reader, spec, num_clips, starts, rng, video, audio, require_video
         require_video=require_video,
         require_audio=require_audio,
     )
+    _check_not_truncated(reader.name, info, whole, spec)
     decoded = _cut_decoded(whole, spec, starts, padding_value)
     frames = None
     if whole.frames is not None:
@@ -459,6 +463,25 @@ def _read_with(reader, spec, num_clips, starts, rng, video, audio, require_video
         source=reader.name, video_metadata=metadata, skipped_packets=whole.skipped_packets, decoded=decoded,
         info=info,
     )
+
+
+def _check_not_truncated(name: str, info, whole: DecodedMedia, spec: ClipSpec) -> None:
+    """Raise when a requested window runs into the end of a stream long before the header says the stream ends."""
+    if whole.frames is not None and whole.num_padded_frames and info.video_duration:
+        n_valid = len(whole.frame_times) - whole.num_padded_frames
+        stop = float(whole.frame_times[n_valid]) if n_valid < len(whole.frame_times) else None
+        if stop is not None and info.video_duration - stop > TRUNCATION_SLACK_S:
+            raise MediaDecodingError(
+                name, f"the file is truncated: its header says the video lasts {info.video_duration:.2f} s, but the "
+                f"frames stop before {stop:.2f} s"
+            )
+    if whole.audio is not None and whole.num_padded_samples and info.audio_duration:
+        stop = whole.audio_start + (len(whole.audio) - whole.num_padded_samples) / spec.sampling_rate
+        if info.audio_duration - stop > TRUNCATION_SLACK_S:
+            raise MediaDecodingError(
+                name, f"the file is truncated: its header says the audio lasts {info.audio_duration:.2f} s, but the "
+                f"samples stop at {stop:.2f} s"
+            )
 
 
 def clips_from_frames(
