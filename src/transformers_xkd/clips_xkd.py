@@ -57,9 +57,12 @@ except Exception:  # pragma: no cover - very old transformers
 
 
 TIME_TOLERANCE = _TIME_TOLERANCE  # seconds; see the module docstring ("Frame index")
-# A stream whose decoded content stops more than this many seconds before the duration its header states is
-# reported as truncated (headers are often off by a frame or an audio packet; a cut file is off by much more).
+# A stream whose decoded content stops more than TRUNCATION_SLACK_S before the duration its header states, with
+# more than TRUNCATION_GAP_S of the requested window (inside that duration) left empty, is reported as truncated
+# (headers are often off by a frame or an audio packet, and a bad packet may leave a few ms; a cut file is off by
+# much more).
 TRUNCATION_SLACK_S = 1.0
+TRUNCATION_GAP_S = 0.5
 
 
 def reject_unknown_keywords(owner: str, given, valid, aliases: dict | None = None) -> None:
@@ -470,14 +473,18 @@ def _check_not_truncated(name: str, info, whole: DecodedMedia, spec: ClipSpec) -
     if whole.frames is not None and whole.num_padded_frames and info.video_duration:
         n_valid = len(whole.frame_times) - whole.num_padded_frames
         stop = float(whole.frame_times[n_valid]) if n_valid < len(whole.frame_times) else None
-        if stop is not None and info.video_duration - stop > TRUNCATION_SLACK_S:
+        window_end = float(whole.frame_times[-1]) + 1.0 / spec.fps
+        if (stop is not None and info.video_duration - stop > TRUNCATION_SLACK_S
+                and min(info.video_duration, window_end) - stop > TRUNCATION_GAP_S):
             raise MediaDecodingError(
                 name, f"the file is truncated: its header says the video lasts {info.video_duration:.2f} s, but the "
                 f"frames stop before {stop:.2f} s"
             )
     if whole.audio is not None and whole.num_padded_samples and info.audio_duration:
         stop = whole.audio_start + (len(whole.audio) - whole.num_padded_samples) / spec.sampling_rate
-        if info.audio_duration - stop > TRUNCATION_SLACK_S:
+        window_end = whole.audio_start + len(whole.audio) / spec.sampling_rate
+        if (info.audio_duration - stop > TRUNCATION_SLACK_S
+                and min(info.audio_duration, window_end) - stop > TRUNCATION_GAP_S):
             raise MediaDecodingError(
                 name, f"the file is truncated: its header says the audio lasts {info.audio_duration:.2f} s, but the "
                 f"samples stop at {stop:.2f} s"

@@ -175,23 +175,28 @@ class XKDFeatureExtractor(SequenceFeatureExtractor):
     @classmethod
     def from_model_config(cls, config, **kwargs) -> "XKDFeatureExtractor":
         """An extractor whose output fits ``config`` (an ``XKDAudioConfig``, or an ``XKDConfig``'s audio part):
-        ``feature_size = num_mel_bins`` and a clip of exactly ``max_length`` frames,
-        ``clip_duration = (max_length - 1) * hop_length / sampling_rate`` (4 s for 448 frames at hop 143).
+        ``feature_size = num_mel_bins`` and clips of exactly ``max_length`` frames. The clip stays the released 4 s
+        when that gives ``max_length`` frames (448 at hop 143); otherwise it is the shortest clip that does,
+        ``(max_length - 1) * hop_length / sampling_rate`` seconds.
 
-        ``kwargs`` override the other fields (``hop_length``, ``sampling_rate``, ``num_clips``, ...).
+        ``kwargs`` override the other fields (``hop_length``, ``sampling_rate``, ``num_clips``, ...); a
+        ``clip_duration`` or ``feature_size`` that does not fit the model raises, naming both.
         """
         config = getattr(config, "audio_config", None) or config
         for name in ("num_mel_bins", "max_length"):
             if not hasattr(config, name):
                 raise ValueError(f"from_model_config needs an XKDAudioConfig or XKDConfig; {type(config).__name__} "
                                  f"has no {name!r}")
-        hop = int(kwargs.get("hop_length", 143))
-        rate = int(kwargs.get("sampling_rate", 16000))
+        frames = int(config.max_length)
+        hop = _number("hop_length", kwargs.get("hop_length", 143), integer=True)
+        rate = _number("sampling_rate", kwargs.get("sampling_rate", 16000), integer=True)
         if "clip_duration" not in kwargs:
-            kwargs["clip_duration"] = (int(config.max_length) - 1) * hop / rate
+            released = 4.0
+            fits = 1 + int(round(released * rate)) // hop == frames
+            kwargs["clip_duration"] = released if fits else (frames - 1) * hop / rate
         kwargs.setdefault("feature_size", int(config.num_mel_bins))
         out = cls(**kwargs)
-        if out.num_frames != int(config.max_length) or out.feature_size != int(config.num_mel_bins):
+        if out.num_frames != frames or out.feature_size != int(config.num_mel_bins):
             raise ValueError(
                 f"from_model_config: the extractor gives {out.num_frames} frames x {out.feature_size} mels, the model "
                 f"takes max_length={config.max_length} x num_mel_bins={config.num_mel_bins}"

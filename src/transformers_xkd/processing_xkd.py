@@ -146,12 +146,28 @@ class XKDProcessor(ProcessorMixin):
 
     @classmethod
     def from_model_config(cls, config, **kwargs) -> "XKDProcessor":
-        """Sub-processors whose outputs fit an ``XKDConfig`` (``XKDVideoProcessor.from_model_config`` and
-        ``XKDFeatureExtractor.from_model_config``); ``video_kwargs`` / ``audio_kwargs`` dicts override their
-        fields."""
+        """Sub-processors whose outputs fit an ``XKDConfig`` and whose clips pair up (one window for both streams).
+
+        ``XKDVideoProcessor.from_model_config`` gives the frames; the audio clip then has the video clip's length
+        when a hop gives the model's ``max_length`` frames over it: the released 143 when it does (4 s -> 448), else
+        ``num_samples // (max_length - 1)`` (1 s, 64 frames -> 253). ``video_kwargs`` / ``audio_kwargs`` dicts
+        override any field (``XKDFeatureExtractor.from_model_config`` checks that the audio still fits the model).
+        """
         reject_unknown_keywords("XKDProcessor.from_model_config", kwargs, ["video_kwargs", "audio_kwargs"])
         video = XKDVideoProcessor.from_model_config(config, **dict(kwargs.get("video_kwargs") or {}))
-        audio = XKDFeatureExtractor.from_model_config(config, **dict(kwargs.get("audio_kwargs") or {}))
+        audio_kwargs = dict(kwargs.get("audio_kwargs") or {})
+        audio_config = getattr(config, "audio_config", None) or config
+        frames = getattr(audio_config, "max_length", None)
+        if "clip_duration" not in audio_kwargs and isinstance(frames, int) and frames > 1:
+            samples = int(round(video.clip_duration * int(audio_kwargs.get("sampling_rate", 16000))))
+            hop = audio_kwargs.get("hop_length")
+            if hop is None:
+                hop = 143 if 1 + samples // 143 == frames else max(1, samples // (frames - 1))
+                if 1 + samples // hop == frames:
+                    audio_kwargs["hop_length"] = hop
+            if 1 + samples // int(hop) == frames:
+                audio_kwargs["clip_duration"] = video.clip_duration
+        audio = XKDFeatureExtractor.from_model_config(config, **audio_kwargs)
         return cls(video, audio)
 
     @property
