@@ -156,3 +156,32 @@ def test_unknown_keywords_name_the_close_field():
     with pytest.raises(TypeError, match=r"'zzz'; valid ones"):
         reject_unknown_keywords("X", {"zzz": 1}, ["feature_size"])
     reject_unknown_keywords("X", {"n_fft": 1}, ["n_fft"])  # known: no error
+
+
+def test_every_consumer_cuts_clips_through_the_layer(files):
+    from transformers_xkd import XKDFeatureExtractor, XKDVideoProcessor
+    from transformers_xkd.downstream.features import ClipProtocol, sample_clips
+    from transformers_xkd.pretraining.data import ClipSettings, XKDPretrainingDataset, resolve_source
+
+    vp = XKDVideoProcessor(num_frames=8, size=36, crop_size=32)
+    fe = XKDFeatureExtractor(feature_size=16, clip_duration=1.0, hop_length=253, n_fft=512)
+    protocol = ClipProtocol("t", "audio_visual", train_clips=3, test_clips=2, train_augment=False)
+    assert protocol.clip_spec(vp, fe) == ClipSpec(1.0, 8.0, 16000)
+    # frozen-feature training clips: random starts from the caller's rng, the frame shown at each time
+    pv, iv = sample_clips(str(files["avi"]), protocol, True, vp, fe, np.random.default_rng(4))
+    clips = read_clips(files["avi"], ClipSpec(1.0), 3, rng=np.random.default_rng(4))
+    torch.testing.assert_close(pv, vp(clips)["pixel_values"][0], rtol=0, atol=0)
+    torch.testing.assert_close(iv, fe.log_mel(clips.waveforms), rtol=0, atol=0)
+    # test clips: uniform starts, as the processors take them
+    pv, _ = sample_clips(str(files["avi"]), protocol, False, vp, fe)
+    torch.testing.assert_close(pv, vp(str(files["avi"]), num_clips=2)["pixel_values"][0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="same length"):
+        protocol.clip_spec(vp, XKDFeatureExtractor())
+    # pretraining: one random synchronised window, the same as the layer's with the sample's generator
+    settings = ClipSettings(clip_duration=1.0)
+    assert settings.clip_spec == ClipSpec(1.0, 8.0, 16000) and settings.num_frames == 8
+    dataset = XKDPretrainingDataset(resolve_source(str(files["dir"])), [str(files["avi"])], settings, seed=0)
+    frames, audio = dataset.decode(0, np.random.default_rng(11))
+    layer = read_clips(files["avi"], settings.clip_spec, 1, rng=np.random.default_rng(11))
+    np.testing.assert_array_equal(frames, layer.frames[0])
+    np.testing.assert_array_equal(audio, layer.waveforms[0])
