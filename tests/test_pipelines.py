@@ -135,7 +135,11 @@ def test_audio_pipeline_resamples_dicts_with_pyav_and_names_bad_files(folders):
     with pytest.raises(MediaDecodingError, match="notes.wav.*not a readable media file") as info:
         pipe(str(bad))
     assert "<bytes" not in str(info.value)
-    # narrow and restorable: transformers' own preprocess comes back, and the wrapper goes on once
+    # narrow and restorable: transformers' own ffmpeg_read is left alone, its preprocess comes back, and the
+    # wrapper goes on once
+    from transformers.pipelines import audio_classification
+
+    assert audio_classification.ffmpeg_read.__module__ == "transformers.pipelines.audio_classification"
     wrapped = AudioClassificationPipeline.preprocess
     assert uninstall_pyav_audio_reader() and not getattr(AudioClassificationPipeline.preprocess, "_xkd_pyav_wrapper",
                                                          False)
