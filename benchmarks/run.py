@@ -864,15 +864,11 @@ def _has_audio_and_video(path: str) -> bool:
 def _fallback_clip(path: str, rng: np.random.Generator, clip_seconds: float) -> dict:
     """Decode + sample only (when the pretraining subpackage is unavailable): the package's decoder, one random
     synchronised window, 8 consecutive local frames and a 1 s local audio window."""
-    from transformers_xkd.decoding_xkd import MediaReader, target_frame_times
+    from transformers_xkd.clips_xkd import ClipSpec, read_clips
 
     t0 = time.perf_counter()
-    with MediaReader(path) as reader:
-        info = reader.info
-        available = min(info.video_duration or 0.0, info.audio_duration or 0.0)
-        start = float(rng.uniform(0.0, available - clip_seconds)) if available > clip_seconds else 0.0
-        decoded = reader.read(frame_times=target_frame_times(start, clip_seconds),
-                              audio_window=(start, start + clip_seconds))
+    clips = read_clips(path, ClipSpec(clip_seconds), 1, rng=rng)  # the clip layer: one random synchronised window
+    decoded = clips.decoded[0]
     t1 = time.perf_counter()
     lo = int(rng.integers(0, len(decoded.frames) - len(decoded.frames) // 4 + 1))
     decoded.frames[lo:lo + len(decoded.frames) // 4].copy()

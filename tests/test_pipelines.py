@@ -90,6 +90,10 @@ def test_trust_remote_code_in_a_fresh_process_without_the_package(folders, tmp_p
     saved = json.loads((d / "video" / "video_preprocessor_config.json").read_text())
     assert saved["auto_map"]["AutoVideoProcessor"] == "video_processing_xkd.XKDVideoProcessor"
     assert (d / "video" / "decoding_xkd.py").exists() and (d / "audio" / "feature_extraction_xkd.py").exists()
+    # the clip layer and the log-mel kernel travel with the code that imports them
+    for name in ("clips_xkd.py", "decoding_xkd.py"):
+        assert (d / "video" / name).exists() and (d / "audio" / name).exists()
+    assert (d / "audio" / "log_mel_xkd.py").exists()
     script = textwrap.dedent(
         f"""
         import sys
@@ -107,3 +111,38 @@ def test_trust_remote_code_in_a_fresh_process_without_the_package(folders, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("VIDEO", "AUDIO")))
     assert lines["VIDEO"] in VIDEO_LABELS.values() and lines["AUDIO"] in AUDIO_LABELS.values()
+
+
+def test_audio_pipeline_resamples_dicts_with_pyav_and_names_bad_files(folders):
+    from transformers.pipelines.audio_classification import AudioClassificationPipeline
+
+    from transformers_xkd.decoding_xkd import MediaDecodingError, resample_audio
+    from transformers_xkd.feature_extraction_xkd import install_pyav_audio_reader, uninstall_pyav_audio_reader
+
+    d, media = folders
+    pipe = pipeline("audio-classification", model=str(d / "audio"))
+    t = np.arange(8000) / 8000
+    wave = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    # an 8 kHz dict (transformers would ask for torchaudio) is resampled with PyAV, the same as resampling first
+    from_dict = pipe({"raw": wave, "sampling_rate": 8000}, top_k=3)
+    resampled = pipe(resample_audio(wave, 8000, 16000), top_k=3)
+    assert [r["label"] for r in from_dict] == [r["label"] for r in resampled]
+    np.testing.assert_allclose([r["score"] for r in from_dict], [r["score"] for r in resampled], rtol=1e-6)
+    check_labels(pipe({"array": wave, "sampling_rate": 8000}), AUDIO_LABELS, 3)
+    # a bad file is named by its path, not "<bytes: N bytes>"
+    bad = d / "notes.wav"
+    bad.write_text("not audio")
+    with pytest.raises(MediaDecodingError, match="notes.wav.*not a readable media file") as info:
+        pipe(str(bad))
+    assert "<bytes" not in str(info.value)
+    # narrow and restorable: transformers' own ffmpeg_read is left alone, its preprocess comes back, and the
+    # wrapper goes on once
+    from transformers.pipelines import audio_classification
+
+    assert audio_classification.ffmpeg_read.__module__ == "transformers.pipelines.audio_classification"
+    wrapped = AudioClassificationPipeline.preprocess
+    assert uninstall_pyav_audio_reader() and not getattr(AudioClassificationPipeline.preprocess, "_xkd_pyav_wrapper",
+                                                         False)
+    assert AudioClassificationPipeline.preprocess is wrapped._xkd_original
+    assert install_pyav_audio_reader() and install_pyav_audio_reader()
+    assert AudioClassificationPipeline.preprocess._xkd_original is wrapped._xkd_original

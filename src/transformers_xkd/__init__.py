@@ -84,7 +84,9 @@ from .decoding_xkd import (  # noqa: E402
     decode_media,
     load_audio,
 )
+from .clips_xkd import ClipSpec, Clips, audio_windows, clips_from_frames, read_clips  # noqa: E402
 from .feature_extraction_xkd import XKDFeatureExtractor  # noqa: E402
+from .log_mel_xkd import XKDLogMelSpectrogram  # noqa: E402
 from .processing_xkd import XKDProcessor  # noqa: E402
 from .video_processing_xkd import XKDVideoProcessor  # noqa: E402
 
@@ -100,6 +102,12 @@ __all__ += [
     "decode_media",
     "decode_clips",
     "load_audio",
+    "ClipSpec",
+    "Clips",
+    "read_clips",
+    "clips_from_frames",
+    "audio_windows",
+    "XKDLogMelSpectrogram",
 ]
 
 

@@ -199,18 +199,10 @@ def target_frame_times(start: float, duration: float, fps: float = DEFAULT_FPS) 
 
 
 def clip_starts(total_duration: float | None, clip_duration: float, num_clips: int) -> list[float]:
-    """Start times of ``num_clips`` uniformly spaced windows of ``clip_duration`` seconds.
+    """Start times of ``num_clips`` uniformly spaced windows: :func:`clips_xkd.uniform_clip_starts` (the one rule)."""
+    from .clips_xkd import uniform_clip_starts
 
-    One clip starts at 0 (longer inputs are clipped, as the released pipeline trims to 4 s); ``n > 1`` clips are
-    spread evenly from the start to the last full window (the first starts at 0, the last ends at the end). Inputs
-    shorter than a clip give every clip start 0 (the caller pads).
-    """
-    if num_clips < 1:
-        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
-    if num_clips == 1 or total_duration is None or total_duration <= clip_duration:
-        return [0.0] * num_clips
-    span = total_duration - clip_duration
-    return [float(span * i / (num_clips - 1)) for i in range(num_clips)]
+    return uniform_clip_starts(total_duration, clip_duration, num_clips)
 
 
 class MediaReader:
@@ -920,81 +912,26 @@ def decode_clips(
 ) -> tuple[list[DecodedMedia], list[float]]:
     """Decode ``num_clips`` uniformly spaced windows (see :func:`clip_starts`) with one open of the input.
 
-    Video and audio of clip ``k`` cover the same window ``[s_k, s_k + clip_duration)``. The spacing uses the
-    duration both requested streams cover.
+    A call to the clip layer (:func:`clips_xkd.read_clips`, which owns the rules). Video and audio of clip ``k``
+    cover the same window ``[s_k, s_k + clip_duration)``; the spacing uses the duration both requested streams
+    cover.
 
     Returns:
         (clips, starts): a list of `DecodedMedia` (one per clip, frames `(clip_duration * fps, H, W, 3)`, audio
         `(clip_duration * sampling_rate,)`) and the start times in seconds.
     """
-    with MediaReader(source) as reader:
-        info = reader.info
-        durations = []
-        if decode_video and info.has_video and info.video_duration is not None:
-            durations.append(info.video_duration)
-        if decode_audio and info.has_audio and info.audio_duration is not None:
-            durations.append(info.audio_duration)
-        total = min(durations) if durations else info.duration
-        starts = clip_starts(total, clip_duration, num_clips)
-        unique = sorted(set(starts))
-        per_clip_frames = int(round(clip_duration * fps))
-        if decode_video:
-            grids = [target_frame_times(s, clip_duration, fps) for s in unique]
-            times = np.unique(np.concatenate(grids)) if grids else None
-        else:
-            times = None
-        window = (unique[0], unique[-1] + clip_duration) if decode_audio else None
-        whole = reader.read(
-            frame_times=times,
-            audio_window=window,
-            sampling_rate=sampling_rate,
-            require_video=require_video,
-            require_audio=require_audio,
-        )
-    clips = []
-    end_of_video = None
-    if whole.frames is not None and len(whole.frame_times):
-        n_valid = len(whole.frame_times) - whole.num_padded_frames
-        end_of_video = whole.frame_times[n_valid - 1] if n_valid > 0 else -math.inf
-    num_samples = int(round(clip_duration * sampling_rate))
-    for s in starts:
-        frames = None
-        src_times = np.zeros(0)
-        padded = 0
-        clip_times = target_frame_times(s, clip_duration, fps)
-        if whole.frames is not None:
-            idx = np.searchsorted(whole.frame_times, clip_times - 1e-9)
-            idx = np.clip(idx, 0, len(whole.frame_times) - 1)
-            frames = whole.frames[idx]
-            src_times = whole.source_frame_times[idx]
-            padded = int(np.sum(clip_times > end_of_video + 1e-9)) if end_of_video is not None else 0
-            assert frames.shape[0] == per_clip_frames
-        audio = None
-        padded_samples = 0
-        if whole.audio is not None:
-            lo = int(round((s - whole.audio_start) * sampling_rate))
-            audio = whole.audio[lo : lo + num_samples]
-            if len(audio) < num_samples:
-                audio = np.pad(audio, (0, num_samples - len(audio)))
-            # padding inside the decoded span (beyond the stream's samples) sits at the end of `whole.audio`
-            valid_total = len(whole.audio) - whole.num_padded_samples
-            padded_samples = int(max(0, lo + num_samples - max(valid_total, lo)))
-            padded_samples = min(padded_samples, num_samples)
-        clips.append(
-            DecodedMedia(
-                frames=frames,
-                frame_times=clip_times,
-                source_frame_times=src_times,
-                num_padded_frames=padded,
-                audio=audio,
-                sampling_rate=sampling_rate,
-                audio_start=s,
-                num_padded_samples=padded_samples,
-                skipped_packets=whole.skipped_packets,
-                info=whole.info,
-            )
-        )
-    return clips, starts
+    from .clips_xkd import ClipSpec, read_clips
+
+    clips = read_clips(
+        source,
+        ClipSpec(clip_duration, fps, sampling_rate),
+        num_clips,
+        video=decode_video,
+        audio=decode_audio,
+        require_video=require_video,
+        require_audio=require_audio,
+    )
+    return clips.decoded, clips.starts
 
 
 def load_audio(

@@ -1,139 +1,89 @@
-"""XKD log-mel feature extractor: the released ``MelSpectrogramLibrosa`` recipe, batched in torch.
+"""XKD log-mel feature extractor: a thin shell over the clip layer (``clips_xkd``) and the log-mel kernel (``log_mel_xkd``).
 
-Released recipe (spec section 6.4), reproduced to <= 1e-4 after normalisation (tested against librosa):
+Released recipe (spec section 6.4; the kernel's docstring gives the details and precision): a mono 16 kHz waveform
+cut to ``clip_duration`` (4 s = 64,000 samples; the clip layer's start and padding rules), then the STFT (n_fft 1024,
+hop 143, periodic Hann, centred reflect padding), power + 2.2e-16, Slaney mel (80 mels, 0-8000 Hz), natural log after
+adding float32 eps, and ``(x - (-5.3688107)) / 4.410007``. 4 s gives 1 + 64000 // 143 = 448 frames; the output
+layout is time-first, ``(batch[, clips], 448, 80)``.
 
-1. mono 16 kHz waveform, trimmed or zero-padded to ``clip_duration`` (4 s = 64,000 samples);
-2. STFT: n_fft 1024, hop 143, periodic Hann window of 1024, centred frames with reflect padding;
-3. power ``|X|^2 + 2.2e-16``;
-4. Slaney-scale, Slaney-normalised mel filters (80 mels, 0-8000 Hz) applied to the power spectrum;
-5. natural log after adding float32 eps (1.1920929e-07) (not dB);
-6. normalisation ``(x - (-5.3688107)) / 4.410007`` (Kinetics-Sound statistics).
-
-4 s gives 1 + 64000 // 143 = 448 frames; the output layout is time-first, ``(batch[, clips], 448, 80)``.
-
-Precision (``compute_dtype``). The log turns absolute STFT round-off into relative error wherever a mel band's power
-is near the 1.19e-7 floor, and a float32 FFT's round-off in every bin scales with the whole frame's energy (about
-2 units in the last place of ``||frame||`` rms, measured). A loud tone next to a quiet band therefore puts a plain
-float32 STFT up to ~1e-3 away from the float64 reference on the normalised scale (a 7.9 kHz full-scale tone: 9.6e-4),
-ten times the 1e-4 parity budget; the real media stay below 7e-5 (spoken digits: 6.4e-5). So:
-
-* ``"mixed"`` (default): float32 STFT plus a per-frame error bound (below); frames whose bound exceeds
-  :data:`GUARD_TOLERANCE` (2.5e-5) are recomputed in float64. Largest error seen: 1e-5 (tones, clipping, DC,
-  square waves, silence, quiet noise, 40 random tone/noise/DC/clipping mixtures, the real media). Frames redone:
-  ~0.1% of speech-like synthetic audio, 0-17% of real clips (38% of one low-passed film clip), all of a loud tone.
-* ``"float32"``: no guard; fastest; up to ~1e-3 off on loud tonal audio (fine for training, not for parity).
-* ``"float64"``: float64 STFT for every frame (the previous behaviour's precision; ~2.3x the float32 time).
-
-The bound, for mel band ``m`` of a frame: with per-bin FFT error ``|e_k| <= d`` and ``d = 10 * 2**-24 * ||frame||``
-(5x the measured rms), Cauchy-Schwarz gives ``|mel_err| <= 2 sqrt(W_m mel_m) d + W_m d**2`` (``W_m`` the filter's
-weight sum), so ``|log_err| <= that / (mel_m + eps_m)``. Frames it lets through were never seen above 6.2e-6.
-
-CPU work goes clip by clip through buffers that stay in cache (reflect pad, framing times the window, a batched real
-FFT, squares, a banded mel product that skips the zeros of the filter bank, log), shared out to
-``torch.get_num_threads()`` single-threaded workers (one clip each at a time: a busy core then delays one clip,
-where intra-op threads would stall every small op). Other devices (``device="cuda"``) run the same maths on the
-whole batch at once.
+The audio-classification pipeline is given PyAV decoding for XKD models (:func:`install_pyav_audio_reader`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import itertools
+import math
+import numbers
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
-from transformers.audio_utils import mel_filter_bank
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import logging
 
-from .decoding_xkd import MediaReader, clip_starts, load_audio, resample_audio
+from .clips_xkd import Clips, ClipSpec, _check_num_clips, audio_windows, read_clips, reject_unknown_keywords
+from .decoding_xkd import MediaDecodingError, describe_source, load_audio, resample_audio
+from .log_mel_xkd import (  # noqa: F401  (re-exported: the constants' old home)
+    COMPUTE_DTYPES,
+    FFT_ERROR_ULPS,
+    GUARD_TOLERANCE,
+    KINETICS_SOUND_MEAN,
+    KINETICS_SOUND_STD,
+    LOG_EPSILON,
+    POWER_EPSILON,
+    XKDLogMelSpectrogram,
+)
 
 
 logger = logging.get_logger(__name__)
 
-# Released constants (spec section 6.4).
-POWER_EPSILON = 2.2e-16
-LOG_EPSILON = float(np.finfo(np.float32).eps)  # 1.1920929e-07
-KINETICS_SOUND_MEAN = -5.3688107
-KINETICS_SOUND_STD = 4.410007
-
-COMPUTE_DTYPES = ("mixed", "float32", "float64")
-# "mixed": frames whose float32 error bound exceeds this (normalised scale; the parity budget is 1e-4) are redone in
-# float64.
-GUARD_TOLERANCE = 2.5e-5
-# Per-bin float32 FFT error bound, in float32 units in the last place (2**-24) of the frame's L2 norm. Measured on
-# MKL's and pocketfft's float32 FFTs: ~2 ulp rms on tones, noise and DC; 10 keeps the bound above every error seen.
-FFT_ERROR_ULPS = 10.0
-_FLOAT32_ULP = 2.0**-24
-_MEL_BAND_GROUPS = 8  # the banded mel product: filters in 8 runs, each multiplied over its own bin range only
-
-
-class _MelPlan:
-    """Constants of the log-mel kernels for one (filter bank, FFT size, dtype, device)."""
-
-    def __init__(self, mel_filters: np.ndarray, n_fft: int, dtype: torch.dtype, device: torch.device):
-        weights = np.asarray(mel_filters, dtype=np.float64).T  # (mels, bins)
-        n_mels, n_bins = weights.shape
-        self.n_fft, self.n_mels, self.n_bins, self.dtype, self.device = n_fft, n_mels, n_bins, dtype, device
-        self.window = torch.hann_window(n_fft, periodic=True, dtype=dtype, device=device)  # librosa get_window("hann")
-        self.weights = torch.as_tensor(weights.T.copy(), dtype=dtype, device=device)  # (bins, mels)
-        row_sums = weights.sum(axis=1)
-        # POWER_EPSILON added to every bin before the (linear) mel product is POWER_EPSILON * row sum after it.
-        bias = LOG_EPSILON + POWER_EPSILON * row_sums
-        self.bias = torch.as_tensor(bias, dtype=dtype, device=device)
-        self.bias_column = self.bias[:, None]
-        # error-bound constants (see XKDFeatureExtractor._flag_frames)
-        self.max_row_sum, self.min_bias = float(row_sums.max()), float(bias.min())
-        # Parseval: a real frame's energy is (|X_0|^2 + 2 |X_1..|^2 + |X_nyquist|^2) / n_fft over the rfft bins
-        parseval = np.full(n_bins, 2.0 / n_fft)
-        parseval[0] = 1.0 / n_fft
-        if n_fft % 2 == 0:
-            parseval[-1] = 1.0 / n_fft
-        self.parseval = torch.as_tensor(parseval, dtype=dtype, device=device)
-        self.parseval_interleaved = torch.as_tensor(np.repeat(parseval, 2), dtype=dtype, device=device)
-        # Banded product on the interleaved (re^2, im^2) layout of the squared spectrum: runs of consecutive filters,
-        # each multiplied over the bins it touches only (8 runs do ~1/7 of the dense multiply-adds for 80 x 513).
-        nonzero = [np.flatnonzero(row) for row in weights]
-        self.bands = []
-        for run in np.array_split(np.arange(n_mels), min(_MEL_BAND_GROUPS, n_mels)):
-            spans = [(idx[0], idx[-1] + 1) for idx in (nonzero[m] for m in run) if idx.size]
-            lo, hi = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0, 1)
-            block = np.repeat(weights[run[0] : run[-1] + 1, lo:hi], 2, axis=1)  # (run, 2 * (hi - lo))
-            self.bands.append(
-                (int(run[0]), int(run[-1]) + 1, 2 * lo, 2 * hi, torch.as_tensor(block, dtype=dtype, device=device))
-            )
-
-
-class _ClipBuffers:
-    """Per-worker scratch for one clip (re-used clip after clip, so it stays in cache)."""
-
-    def __init__(self, plan: _MelPlan, length: int, frames: int):
-        dtype = plan.dtype
-        self.padded = torch.empty(length + 2 * (plan.n_fft // 2), dtype=dtype)
-        self.windowed = torch.empty(frames, plan.n_fft, dtype=dtype)
-        self.mel = torch.empty(plan.n_mels * frames, dtype=dtype)
-        self.energy = torch.empty(frames, dtype=dtype)
-
-
-@functools.lru_cache(maxsize=None)
-def _openmp_backend() -> bool:
-    """Whether torch's intra-op backend is OpenMP, where a thread's ``torch.set_num_threads`` is its own setting
-    (the native backend refuses a second call once its pool runs)."""
-    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+# A float waveform peaking above this is taken for integer PCM stored as floats (int16 range): refused, not clipped.
+MAX_WAVEFORM_PEAK = 4.0
+# Names used elsewhere (XKDAudioConfig, librosa, torchaudio) for this extractor's fields.
+_KEYWORD_ALIASES = {
+    "num_mel_bins": "feature_size",
+    "n_mels": "feature_size",
+    "max_length": "clip_duration (max_length frames = 1 + clip_duration * sampling_rate // hop_length)",
+    "sample_rate": "sampling_rate",
+    "sr": "sampling_rate",
+    "hop": "hop_length",
+    "win_length": "n_fft",
+    "fmin": "min_frequency",
+    "fmax": "max_frequency",
+}
+# Keys a saved preprocessor_config.json holds besides the fields (transformers' bookkeeping).
+_BOOKKEEPING_KEYS = ("feature_extractor_type", "processor_class", "auto_map", "padding_side")
 
 
 def _is_path_like(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike, bytes, bytearray)) or (hasattr(x, "read") and hasattr(x, "seek"))
 
 
+def _looks_channels_last(shape) -> bool:
+    """`(samples, channels)`: a few columns (at most 8 channels) and many more rows."""
+    return len(shape) == 2 and 1 < shape[1] <= 8 and shape[0] > 8 * shape[1]
+
+
+def _number(name: str, value: Any, *, positive: bool = True, integer: bool = False, allow_zero: bool = False):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.generic)):
+        raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and (value < 0 or (value == 0 and not allow_zero)):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value!r}")
+    if integer:
+        if value != int(value):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    return value
+
+
 class XKDFeatureExtractor(SequenceFeatureExtractor):
     r"""
-    Turns audio (a waveform, a file, or a list of either) into XKD's normalised log-mel ``input_values``.
+    Turns audio (a waveform, a file, clips read by ``clips_xkd``, or a list of these) into XKD's normalised log-mel
+    ``input_values``.
 
     Args:
         feature_size (`int`, defaults to 80): mel bins.
@@ -147,12 +97,13 @@ class XKDFeatureExtractor(SequenceFeatureExtractor):
         mean / std (`float`): normalisation statistics (released Kinetics-Sound values).
         do_normalize (`bool`, defaults to `True`): apply ``(x - mean) / std``.
         padding_value (`float`, defaults to 0.0): waveform padding value for short inputs.
-        compute_dtype (`str`, defaults to `"mixed"`): STFT precision (see the module docstring). ``"mixed"``:
+        compute_dtype (`str`, defaults to `"mixed"`): STFT precision (see ``log_mel_xkd``). ``"mixed"``:
             float32 with a per-frame error bound, frames that could miss the 1e-4 parity budget redone in float64;
             ``"float32"``: float32 only (fastest, up to ~1e-3 off on loud tones); ``"float64"``: float64 only.
 
-    Returns (from `__call__`): `BatchFeature` with ``input_values`` of shape `(batch, 448, 80)` (or
-    `(batch, num_clips, 448, 80)` when ``num_clips > 1``), float32.
+    Unknown keywords raise a `TypeError` naming the close field (``num_mel_bins`` -> ``feature_size``); use
+    :meth:`from_model_config` to match a model. Returns (from `__call__`): `BatchFeature` with ``input_values`` of
+    shape `(batch, 448, 80)` (or `(batch, num_clips, 448, 80)` when ``num_clips > 1``), float32.
     """
 
     model_input_names = ["input_values"]
@@ -175,8 +126,31 @@ class XKDFeatureExtractor(SequenceFeatureExtractor):
         compute_dtype: str = "mixed",
         **kwargs,
     ):
+        reject_unknown_keywords(
+            "XKDFeatureExtractor", kwargs, list(_BOOKKEEPING_KEYS) + _FIELDS, _KEYWORD_ALIASES
+        )
         if compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+        feature_size = _number("feature_size", feature_size, integer=True)
+        sampling_rate = _number("sampling_rate", sampling_rate, integer=True)
+        n_fft = _number("n_fft", n_fft, integer=True)
+        hop_length = _number("hop_length", hop_length, integer=True)
+        min_frequency = _number("min_frequency", min_frequency, allow_zero=True)
+        max_frequency = _number("max_frequency", max_frequency)
+        if n_fft < 2:
+            raise ValueError(f"n_fft must be at least 2, got {n_fft}")
+        if not min_frequency < max_frequency <= sampling_rate / 2:
+            raise ValueError(
+                f"min_frequency / max_frequency must satisfy 0 <= min < max <= sampling_rate / 2 "
+                f"({sampling_rate / 2:g} Hz), got {min_frequency:g} / {max_frequency:g}"
+            )
+        clip_duration = _number("clip_duration", clip_duration)
+        num_clips = _check_num_clips(num_clips)
+        mean = _number("mean", mean, positive=False)
+        std = _number("std", std, positive=False)
+        if std == 0:
+            raise ValueError("std must be non-zero (the log-mel is divided by it)")
+        padding_value = _number("padding_value", padding_value, positive=False)
         super().__init__(
             feature_size=feature_size,
             sampling_rate=sampling_rate,
@@ -194,16 +168,45 @@ class XKDFeatureExtractor(SequenceFeatureExtractor):
         self.std = std
         self.do_normalize = do_normalize
         self.compute_dtype = compute_dtype
-        # (n_fft // 2 + 1, feature_size), librosa-compatible (htk=False, norm="slaney"); not serialised (to_dict).
-        self.mel_filters = mel_filter_bank(
-            num_frequency_bins=n_fft // 2 + 1,
-            num_mel_filters=feature_size,
-            min_frequency=min_frequency,
-            max_frequency=max_frequency,
-            sampling_rate=sampling_rate,
-            norm="slaney",
-            mel_scale="slaney",
-        )
+        self.clip_spec  # noqa: B018  (validates that a clip holds samples)
+        # (n_fft // 2 + 1, feature_size), librosa-compatible; not serialised (to_dict)
+        self.mel_filters = self._kernel().mel_filters
+
+    @classmethod
+    def from_model_config(cls, config, **kwargs) -> "XKDFeatureExtractor":
+        """An extractor whose output fits ``config`` (an ``XKDAudioConfig``, or an ``XKDConfig``'s audio part):
+        ``feature_size = num_mel_bins`` and clips of exactly ``max_length`` frames. The clip stays the released 4 s
+        when that gives ``max_length`` frames (448 at hop 143); otherwise it is the shortest clip that does,
+        ``(max_length - 1) * hop_length / sampling_rate`` seconds.
+
+        ``kwargs`` override the other fields (``hop_length``, ``sampling_rate``, ``num_clips``, ...); a
+        ``clip_duration`` or ``feature_size`` that does not fit the model raises, naming both.
+        """
+        config = getattr(config, "audio_config", None) or config
+        for name in ("num_mel_bins", "max_length"):
+            if not hasattr(config, name):
+                raise ValueError(f"from_model_config needs an XKDAudioConfig or XKDConfig; {type(config).__name__} "
+                                 f"has no {name!r}")
+        frames = int(config.max_length)
+        hop = _number("hop_length", kwargs.get("hop_length", 143), integer=True)
+        rate = _number("sampling_rate", kwargs.get("sampling_rate", 16000), integer=True)
+        if "clip_duration" not in kwargs:
+            released = 4.0
+            fits = 1 + int(round(released * rate)) // hop == frames
+            kwargs["clip_duration"] = released if fits else (frames - 1) * hop / rate
+        kwargs.setdefault("feature_size", int(config.num_mel_bins))
+        out = cls(**kwargs)
+        if out.num_frames != frames or out.feature_size != int(config.num_mel_bins):
+            raise ValueError(
+                f"from_model_config: the extractor gives {out.num_frames} frames x {out.feature_size} mels, the model "
+                f"takes max_length={config.max_length} x num_mel_bins={config.num_mel_bins}"
+            )
+        return out
+
+    @property
+    def clip_spec(self) -> ClipSpec:
+        """The clip (``clip_duration`` at ``sampling_rate``) in the clip layer's terms."""
+        return ClipSpec(self.clip_duration, sampling_rate=self.sampling_rate)
 
     @property
     def num_samples(self) -> int:
@@ -218,218 +221,50 @@ class XKDFeatureExtractor(SequenceFeatureExtractor):
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
         output.pop("mel_filters", None)  # derived from the other fields; a 513 x 80 list would bloat the json
-        output.pop("_mel_plans", None)  # cached kernel constants (tensors)
+        output.pop("_mel_plans", None)  # (folders saved before the kernel moved to log_mel_xkd)
+        output.pop("_log_mel_kernel", None)  # the kernel and its cached constants (tensors)
+        output.pop("_log_mel_key", None)
         return output
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.pop("_mel_plans", None)  # rebuilt on demand (and may hold accelerator tensors)
+        state.pop("_log_mel_kernel", None)  # rebuilt on demand (and may hold accelerator tensors)
+        state.pop("_log_mel_key", None)
         return state
 
-    def _plan(self, dtype: torch.dtype, device: torch.device) -> _MelPlan:
-        plans = self.__dict__.setdefault("_mel_plans", {})
-        key = (dtype, str(device), self.n_fft, id(self.mel_filters))
-        plan = plans.get(key)
-        if plan is None:
-            plan = plans[key] = _MelPlan(self.mel_filters, self.n_fft, dtype, device)
-        return plan
+    # -- the kernel ------------------------------------------------------------------------------------------
+    def _kernel(self) -> XKDLogMelSpectrogram:
+        """The log-mel kernel for the current settings (rebuilt when a setting changes)."""
+        settings = (self.feature_size, self.sampling_rate, self.n_fft, self.hop_length, self.min_frequency,
+                    self.max_frequency, self.mean, self.std, self.do_normalize, self.compute_dtype)
+        kernel = self.__dict__.get("_log_mel_kernel")
+        if kernel is None or self.__dict__.get("_log_mel_key") != settings:
+            kernel = XKDLogMelSpectrogram(
+                feature_size=self.feature_size, sampling_rate=self.sampling_rate, n_fft=self.n_fft,
+                hop_length=self.hop_length, min_frequency=self.min_frequency, max_frequency=self.max_frequency,
+                mean=self.mean, std=self.std, do_normalize=self.do_normalize, compute_dtype=self.compute_dtype,
+            )
+            self.__dict__["_log_mel_kernel"], self.__dict__["_log_mel_key"] = kernel, settings
+        return kernel
 
-    # ---------------------------------------------------------------------------------------------------------
     def log_mel(self, waveforms: torch.Tensor | np.ndarray, device: str | torch.device | None = None) -> torch.Tensor:
-        """Released log-mel of a batch of equal-length mono waveforms.
+        """Released log-mel of a batch of equal-length mono waveforms (:meth:`XKDLogMelSpectrogram.log_mel`).
 
         Args:
             waveforms (`torch.Tensor` or `np.ndarray` of shape `(N, S)` or `(S,)`): float waveforms at
                 ``sampling_rate``; ``S`` must exceed ``n_fft // 2`` (the reflect padding).
-            device (`str` or `torch.device`, *optional*): where to compute, e.g. ``"cuda"``. Defaults to the
-                tensor's device (CPU for numpy input).
+            device (`str` or `torch.device`, *optional*): where to compute, e.g. ``"cuda"``.
 
         Returns:
-            `torch.Tensor` of shape `(N, 1 + S // hop_length, feature_size)`, float32, on ``device``, normalised
-            when ``do_normalize``.
+            `torch.Tensor` of shape `(N, 1 + S // hop_length, feature_size)`, float32, on ``device``.
         """
-        x = waveforms.detach() if torch.is_tensor(waveforms) else torch.as_tensor(np.asarray(waveforms))
-        if x.is_complex() or x.dtype == torch.bool or x.ndim not in (1, 2):
-            raise ValueError(
-                f"waveforms: expected a real `(N, S)` or `(S,)` waveform array, got dtype {x.dtype} and shape "
-                f"{tuple(x.shape)}"
-            )
-        if x.ndim == 1:
-            x = x[None]
-        if x.shape[-1] <= self.n_fft // 2:
-            raise ValueError(
-                f"waveforms: need more than n_fft // 2 = {self.n_fft // 2} samples for the centred (reflect-padded) "
-                f"STFT, got {x.shape[-1]}"
-            )
-        device = x.device if device is None else torch.device(device)
-        mode = getattr(self, "compute_dtype", "mixed")
-        if mode not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {mode!r}")
-        if device.type == "mps" and mode != "float32":
-            raise ValueError(f"compute_dtype={mode!r} needs float64, which MPS lacks; use compute_dtype='float32'")
-        compute = torch.float64 if mode == "float64" else torch.float32
-        # Inputs float32 cannot hold exactly keep their values for the float64 work.
-        exact = x.to(device) if (mode != "float32" and x.dtype in (torch.float64, torch.int32, torch.int64)) else None
-        # A preprocessing step: no autograd, and no autocast (a bfloat16 mel product would break parity).
-        no_autocast = (
-            torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else contextlib.nullcontext()
-        )
-        with torch.no_grad(), no_autocast:
-            if device.type == "cpu":
-                # no whole-batch conversion here: each worker casts its clip while reflect-padding it (a multi-threaded
-                # cast on this thread would leave OpenMP threads spinning for ~10 ms, stealing the workers' cores)
-                return self._log_mel_cpu(x.cpu(), exact, mode, compute)
-            return self._log_mel_batched(x.to(device=device, dtype=compute), exact, mode)
-
-    def _normalise_(self, log_mel: torch.Tensor) -> torch.Tensor:
-        if self.do_normalize:
-            log_mel.sub_(self.mean).div_(self.std)
-        return log_mel
-
-    def _guard_tolerance(self) -> float:
-        """:data:`GUARD_TOLERANCE` in raw log units (the budget is on the normalised scale)."""
-        return GUARD_TOLERANCE * (abs(self.std) if self.do_normalize else 1.0)
-
-    def _flag_frames(self, mel: torch.Tensor, frame_energy: torch.Tensor, plan: _MelPlan) -> torch.Tensor:
-        """Boolean mask over frames whose float32 log-mel error bound exceeds the guard tolerance.
-
-        ``mel`` is `(..., mels, frames)` (before the log), ``frame_energy`` `(..., frames)` the windowed frames'
-        squared L2 norms. With the per-bin FFT error bound ``d`` of a frame, a band's log error is at most
-        ``f(mel) = (2 sqrt(W mel) d + W d^2) / (mel + b)``; taking the largest filter sum ``W`` and the smallest
-        floor ``b`` (they vary by ~3%) keeps it a bound, and ``f(mel) > tolerance`` is a quadratic in ``sqrt(mel)``:
-        the frame is flagged when any of its mel values lies between the roots (a test on a few per-frame numbers).
-        """
-        tol = self._guard_tolerance()
-        w, b = plan.max_row_sum, plan.min_bias
-        d2 = frame_energy * (FFT_ERROR_ULPS * _FLOAT32_ULP) ** 2  # d^2 per frame
-        disc = d2 * (w * (1.0 + tol)) - tol * tol * b
-        if float(disc.max()) <= 0.0:  # f(mel) <= tolerance for every mel value of every frame
-            return torch.zeros(frame_energy.shape, dtype=torch.bool, device=frame_energy.device)
-        root = disc.clamp_min(0.0).sqrt_()
-        centre = (d2 * w).sqrt_()  # sqrt(W) d
-        high = (centre + root).div_(tol).square_().unsqueeze(-2)
-        low = (centre - root).div_(tol)
-        low = torch.where(low > 0, low.square(), torch.full_like(low, -1.0)).unsqueeze(-2)  # s- < 0: from mel = 0
-        inside = (mel - low).mul_(high - mel)  # > 0 exactly when low < mel < high
-        return inside.amax(dim=-2) > 0
-
-    def _reflect_pad_into(self, padded: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
-        half, n = self.n_fft // 2, wave.shape[-1]
-        padded[half : half + n].copy_(wave)
-        padded[:half].copy_(wave[1 : half + 1].flip(0))
-        padded[half + n :].copy_(wave[n - half - 1 : n - 1].flip(0))
-        return padded
-
-    def _log_mel_cpu(self, x: torch.Tensor, exact: torch.Tensor | None, mode: str, dtype: torch.dtype) -> torch.Tensor:
-        """Clip-by-clip CPU kernel in ``dtype``; clips are shared out to ``torch.get_num_threads()`` worker threads."""
-        num, length = x.shape
-        frames = 1 + length // self.hop_length
-        out = torch.empty(num, frames, self.feature_size, dtype=torch.float32)
-        plan = self._plan(dtype, x.device)
-        threads = torch.get_num_threads()
-        if threads <= 1 or not _openmp_backend():
-            self._cpu_worker(x, exact, out, iter(range(num)), plan, mode)
-            return out
-        # One clip at a time per worker thread (torch ops release the GIL), each worker single-threaded inside:
-        # coarser than intra-op parallelism, so a busy core delays one clip rather than every op (a single clip
-        # also runs single-threaded: its ~20 small ops lose more to thread hand-offs than they gain). This thread
-        # is one of the workers.
-        workers = min(threads, num)
-        counter = itertools.count()
-        clips = iter(lambda: next(counter), None)  # shared, thread-safe under the GIL
-
-        def work():
-            torch.set_num_threads(1)  # this thread's own OpenMP/MKL setting (OpenMP backend)
-            self._cpu_worker(x, exact, out, itertools.takewhile(lambda i: i < num, clips), plan, mode)
-
-        try:
-            if workers == 1:
-                work()
-            else:
-                with ThreadPoolExecutor(max_workers=workers - 1) as pool:
-                    futures = [pool.submit(work) for _ in range(workers - 1)]
-                    work()
-                    for future in futures:
-                        future.result()
-        finally:
-            torch.set_num_threads(threads)  # also resets the default that threads started later begin with
-        return out
-
-    def _cpu_worker(self, x, exact, out, clips, plan: _MelPlan, mode: str) -> None:
-        length, frames = x.shape[1], out.shape[1]
-        buffers = _ClipBuffers(plan, length, frames)
-        buffers64 = None
-        for i in clips:
-            self._reflect_pad_into(buffers.padded, x[i])
-            mel, energy = self._clip_mel(plan, buffers, need_energy=mode == "mixed")
-            flagged = self._flag_frames(mel, energy, plan).nonzero().squeeze(1) if mode == "mixed" else None
-            out[i].copy_(self._normalise_(mel.add_(plan.bias_column).log_()).T)
-            if flagged is None or not flagged.numel():
-                continue
-            # float64 redo: the flagged frames gathered (~3x a float32 frame), or the whole clip when most are
-            # flagged (loud tones)
-            plan64 = self._plan(torch.float64, x.device)
-            if buffers64 is None:
-                buffers64 = _ClipBuffers(plan64, length, frames)
-            whole = 3 * flagged.numel() >= 2 * frames
-            # float32 padding holds the samples exactly unless the input was wider (exact)
-            source = buffers.padded if exact is None else self._reflect_pad_into(buffers64.padded, exact[i])
-            mel64, _ = self._clip_mel(plan64, buffers64, None if whole else flagged, padded=source)
-            mel64 = self._normalise_(mel64.add_(plan64.bias_column).log_()).T
-            if whole:
-                out[i].copy_(mel64)
-            else:
-                out[i, flagged] = mel64.to(torch.float32)
-
-    def _float64_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Normalised float64 log-mel, as float32 `(n, mels)`, of unwindowed frames `(n, n_fft)`."""
-        plan = self._plan(torch.float64, frames.device)
-        squares = torch.view_as_real(torch.fft.rfft(frames.to(torch.float64) * plan.window)).square_()
-        power = squares[..., 0] + squares[..., 1]
-        return self._normalise_((power @ plan.weights).add_(plan.bias).log_()).to(torch.float32)
-
-    def _clip_mel(self, plan: _MelPlan, buffers: "_ClipBuffers", frame_index=None, need_energy=False, padded=None):
-        """Mel power `(mels, n)` (a view of ``buffers.mel``) of a reflect-padded clip (``padded``, by default
-        ``buffers.padded``): all its frames, or those in ``frame_index``; plus the frames' energies if asked."""
-        all_frames = (buffers.padded if padded is None else padded).unfold(0, self.n_fft, self.hop_length)
-        if frame_index is None:
-            count = all_frames.shape[0]
-            windowed = buffers.windowed
-            torch.mul(all_frames, plan.window, out=windowed)
-        else:
-            count = frame_index.numel()
-            windowed = buffers.windowed[:count]
-            torch.mul(all_frames[frame_index], plan.window, out=windowed)
-        spec = torch.fft.rfft(windowed)  # (out= is slower: it transforms into a temporary and copies)
-        squares = torch.view_as_real(spec).view(count, 2 * plan.n_bins).square_()  # re^2, im^2 interleaved
-        mel = buffers.mel[: plan.n_mels * count].view(plan.n_mels, count)  # mels first: bands fill whole rows
-        for m0, m1, k0, k1, block in plan.bands:
-            torch.mm(block, squares[:, k0:k1].T, out=mel[m0:m1])
-        energy = torch.mv(squares, plan.parseval_interleaved, out=buffers.energy[:count]) if need_energy else None
-        return mel, energy
+        return self._kernel().log_mel(waveforms, device=device)
 
     def _log_mel_batched(self, x: torch.Tensor, exact: torch.Tensor | None, mode: str) -> torch.Tensor:
-        """Whole-batch kernel for accelerators (and a cross-check of the CPU kernel): same maths, one op each."""
-        half = self.n_fft // 2
-        plan = self._plan(x.dtype, x.device)
-        padded = torch.nn.functional.pad(x[:, None], (half, half), mode="reflect")[:, 0]
-        windowed = padded.unfold(-1, self.n_fft, self.hop_length) * plan.window  # (N, frames, n_fft)
-        power = torch.view_as_real(torch.fft.rfft(windowed)).square().sum(-1)  # (N, frames, bins)
-        # float64 products: exact enough whatever the TF32 / matmul-precision settings (they are small)
-        plan64 = self._plan(torch.float64, x.device)
-        mel = (power.double() @ plan64.weights).to(x.dtype).transpose(1, 2)  # (N, mels, frames)
-        flagged = None
-        if mode == "mixed":
-            flagged = self._flag_frames(mel, (power.double() @ plan64.parseval).to(x.dtype), plan)
-        out = self._normalise_(mel.add(plan.bias_column).log_()).transpose(1, 2).to(torch.float32).contiguous()
-        if flagged is not None and bool(flagged.any()):
-            clip, frame = flagged.nonzero(as_tuple=True)
-            source = exact if exact is not None else x
-            padded64 = torch.nn.functional.pad(source.to(torch.float64)[:, None], (half, half), mode="reflect")[:, 0]
-            out[clip, frame] = self._float64_frames(padded64.unfold(-1, self.n_fft, self.hop_length)[clip, frame])
-        return out
+        """The kernel's whole-batch (accelerator) path, for cross-checks."""
+        return self._kernel()._log_mel_batched(x, exact, mode)
 
-    # ---------------------------------------------------------------------------------------------------------
+    # -- inputs ----------------------------------------------------------------------------------------------
     def _check_waveform(self, wave: Any, name: str) -> np.ndarray:
         if torch.is_tensor(wave):
             wave = wave.detach().cpu().numpy()
@@ -445,6 +280,11 @@ class XKDFeatureExtractor(SequenceFeatureExtractor):
             )
         if wave.ndim == 2 and 1 in wave.shape:
             wave = wave.reshape(-1)
+        elif wave.ndim == 2 and _looks_channels_last(wave.shape):
+            raise ValueError(
+                f"{name}: got shape {tuple(wave.shape)}, which looks like channels-last (samples, channels) audio. "
+                "Average the channels first (`x.mean(axis=1)`)."
+            )
         if wave.ndim != 1:
             raise ValueError(
                 f"{name}: expected a 1-D mono waveform, got shape {tuple(wave.shape)}. Average the channels first "
@@ -455,41 +295,38 @@ class XKDFeatureExtractor(SequenceFeatureExtractor):
         if not np.all(np.isfinite(wave)):
             bad = int(np.sum(~np.isfinite(wave)))
             raise ValueError(f"{name}: the waveform contains {bad} NaN or infinite samples")
+        peak = float(np.abs(wave).max())
+        if peak > MAX_WAVEFORM_PEAK:
+            raise ValueError(
+                f"{name}: the waveform peaks at {peak:g}, far outside [-1, 1]: it looks like integer PCM stored as "
+                "floats (int16 range). Scale it first, e.g. `x / 32768`."
+            )
         return wave.astype(np.float32, copy=False)
 
+    def _clips_of(self, item: Any, name: str, sampling_rate: int | None, num_clips: int) -> Clips:
+        """One input -> its clips (the clip layer's rules): a file is decoded, a waveform cut, clips passed on."""
+        spec = self.clip_spec
+        if isinstance(item, Clips):
+            if item.waveforms is None:
+                raise ValueError(f"{name}: these clips hold no audio (read them with audio=True)")
+            return item
+        if _is_path_like(item):
+            return read_clips(item, spec, num_clips, video=False, require_audio=True, padding_value=self.padding_value)
+        wave = self._check_waveform(item, name)
+        rate = self.sampling_rate if sampling_rate is None else sampling_rate
+        if rate != self.sampling_rate:
+            wave = resample_audio(wave, rate, self.sampling_rate)
+        return audio_windows(wave, spec, num_clips, padding_value=self.padding_value, source=name)
+
     def _windows(self, wave: np.ndarray, num_clips: int) -> list[np.ndarray]:
-        """Split a 16 kHz waveform `(S,)` into ``num_clips`` windows of ``num_samples`` (zero-padded at the end)."""
-        n = self.num_samples
-        starts = clip_starts(len(wave) / self.sampling_rate, self.clip_duration, num_clips)
-        out = []
-        for s in starts:
-            lo = int(round(s * self.sampling_rate))
-            w = wave[lo : lo + n]
-            if len(w) < n:
-                w = np.pad(w, (0, n - len(w)), constant_values=self.padding_value)
-            out.append(w)
-        return out
+        """Split a waveform `(S,)` at ``sampling_rate`` into ``num_clips`` windows (``clips_xkd.audio_windows``)."""
+        return list(audio_windows(wave, self.clip_spec, num_clips, padding_value=self.padding_value).waveforms)
 
     def _load(self, source: Any, num_clips: int) -> list[np.ndarray]:
-        """Decode a file to ``num_clips`` 16 kHz windows, decoding only what the windows need."""
-        with MediaReader(source) as reader:
-            total = reader.info.audio_duration
-            starts = clip_starts(total, self.clip_duration, num_clips)
-            end = max(starts) + self.clip_duration
-            decoded = reader.read(
-                audio_window=(0.0 if num_clips == 1 else min(starts), end),
-                sampling_rate=self.sampling_rate,
-                require_audio=True,
-            )
-        wave = decoded.audio
-        out = []
-        for s in starts:
-            lo = int(round((s - decoded.audio_start) * self.sampling_rate))
-            w = wave[lo : lo + self.num_samples]
-            if len(w) < self.num_samples:
-                w = np.pad(w, (0, self.num_samples - len(w)), constant_values=self.padding_value)
-            out.append(w)
-        return out
+        """Decode a file to ``num_clips`` windows, decoding only what they need (``clips_xkd.read_clips``)."""
+        clips = read_clips(source, self.clip_spec, num_clips, video=False, require_audio=True,
+                           padding_value=self.padding_value)
+        return list(clips.waveforms)
 
     def __call__(
         self,
@@ -503,29 +340,45 @@ class XKDFeatureExtractor(SequenceFeatureExtractor):
         """Compute ``input_values`` for one input or a batch.
 
         Args:
-            raw_audio: a 1-D float waveform (numpy or torch), a 2-D `(batch, samples)` array, a path / bytes /
-                binary file object (decoded with PyAV, channels averaged, resampled to 16 kHz), or a list of these.
-            sampling_rate (`int`, *optional*): rate of waveform inputs; resampled when it differs from
+            raw_audio: a 1-D float waveform in [-1, 1] (numpy or torch), a 2-D `(batch, samples)` array, a path /
+                bytes / binary file object (decoded with PyAV, channels averaged, resampled), a ``clips_xkd.Clips``
+                (already read: its waveforms are used as they are), a ``{"array" | "raw": ..., "sampling_rate": ...}``
+                dict, or a list of these. Refused with a message: integer PCM (convert it), channels-last
+                `(samples, channels)` arrays, floats in the int16 range, NaN/inf.
+            sampling_rate (`int`, *optional*): rate of waveform inputs; resampled (PyAV) when it differs from
                 ``self.sampling_rate``. Defaults to ``self.sampling_rate`` (a warning is logged).
             num_clips (`int`, *optional*): overrides ``self.num_clips``.
             return_tensors (`str`, *optional*): ``"pt"`` or ``"np"``; lists of arrays otherwise.
-            device (`str` or `torch.device`, *optional*): where to compute the log-mel (e.g. ``"cuda"``); CPU by
-                default. ``"pt"`` tensors stay there; numpy and list outputs come back to the CPU.
+            device (`str` or `torch.device`, *optional*): where to compute the log-mel (e.g. ``"cuda"``).
+            padding, truncation, max_length, return_attention_mask: accepted for transformers' pipelines when they
+                ask for nothing else (the clip length is ``clip_duration``): ``max_length`` must equal the frames
+                per clip if given.
 
         Returns:
             `BatchFeature` with ``input_values`` `(batch, 448, 80)` or `(batch, num_clips, 448, 80)`.
         """
-        for key in ("padding", "truncation", "max_length", "return_attention_mask"):
-            kwargs.pop(key, None)  # accepted for pipeline compatibility; clip length is fixed by clip_duration
-        if kwargs:
-            raise TypeError(f"XKDFeatureExtractor got unexpected keyword arguments: {sorted(kwargs)}")
-        num_clips = self.num_clips if num_clips is None else int(num_clips)
-        if num_clips < 1:
-            raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+        max_length = kwargs.pop("max_length", None)
+        if max_length is not None and int(max_length) != self.num_frames:
+            raise ValueError(
+                f"max_length={max_length}: this extractor gives {self.num_frames} frames per clip; change "
+                "clip_duration (or build it with XKDFeatureExtractor.from_model_config) instead"
+            )
+        for key in ("padding", "truncation", "return_attention_mask"):
+            kwargs.pop(key, None)  # pipeline compatibility: the clip length is fixed by clip_duration
+        reject_unknown_keywords("XKDFeatureExtractor.__call__", kwargs, ["sampling_rate", "num_clips",
+                                "return_tensors", "device", "padding", "truncation", "max_length"], _KEYWORD_ALIASES)
+        if return_tensors not in (None, "pt", "torch", "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        num_clips = self.num_clips if num_clips is None else _check_num_clips(num_clips)
+        if sampling_rate is not None:
+            sampling_rate = _number("sampling_rate", sampling_rate, integer=True)
 
         if isinstance(raw_audio, dict):  # pipeline-style {"array"/"raw": ..., "sampling_rate": ...}
             wave = raw_audio.get("array", raw_audio.get("raw"))
-            sampling_rate = raw_audio.get("sampling_rate", sampling_rate)
+            if wave is None:
+                raise ValueError("raw_audio: a dict input needs an 'array' or 'raw' key")
+            rate = raw_audio.get("sampling_rate", sampling_rate)
+            sampling_rate = None if rate is None else _number("sampling_rate", rate, integer=True)
             raw_audio = wave
         if isinstance(raw_audio, (list, tuple)):
             if len(raw_audio) == 0:
@@ -538,76 +391,136 @@ class XKDFeatureExtractor(SequenceFeatureExtractor):
         elif (isinstance(raw_audio, np.ndarray) or torch.is_tensor(raw_audio)) and raw_audio.ndim == 2 and (
             raw_audio.shape[0] > 1 and raw_audio.shape[1] > 1
         ):
+            if _looks_channels_last(tuple(raw_audio.shape)):
+                raise ValueError(
+                    f"raw_audio: got shape {tuple(raw_audio.shape)}, which looks like channels-last (samples, "
+                    "channels) audio, not a batch; average the channels first (`x.mean(axis=1)`), or pass a list "
+                    "of 1-D waveforms for a batch."
+                )
             items, batched = list(raw_audio), True
         else:
             items, batched = [raw_audio], False
 
-        has_waveforms = any(not _is_path_like(v) for v in items)
+        has_waveforms = any(not (_is_path_like(v) or isinstance(v, Clips)) for v in items)
         if has_waveforms and sampling_rate is None:
             logger.warning_once(
                 "XKDFeatureExtractor: no `sampling_rate` given with a waveform; assuming "
                 f"{self.sampling_rate} Hz. Pass `sampling_rate=` to avoid silent errors."
             )
-        windows: list[np.ndarray] = []
-        for i, item in enumerate(items):
-            if _is_path_like(item):
-                windows.extend(self._load(item, num_clips))
-                continue
-            name = f"waveform {i}" if batched else "waveform"
-            wave = self._check_waveform(item, name)
-            rate = self.sampling_rate if sampling_rate is None else int(sampling_rate)
-            if rate != self.sampling_rate:
-                wave = resample_audio(wave, rate, self.sampling_rate)
-            windows.extend(self._windows(wave, num_clips))
-
-        features = self.log_mel(np.stack(windows), device=device)  # (B * clips, frames, mels)
-        if num_clips > 1:
-            features = features.reshape(len(items), num_clips, *features.shape[1:])
+        clips = [
+            self._clips_of(item, f"waveform {i}" if batched else "waveform", sampling_rate, num_clips)
+            for i, item in enumerate(items)
+        ]
+        per_item = {c.num_clips for c in clips}
+        if len(per_item) > 1:
+            raise ValueError(f"raw_audio: the inputs hold different numbers of clips {sorted(per_item)}")
+        k = per_item.pop()
+        features = self.log_mel(np.concatenate([c.waveforms for c in clips]), device=device)  # (B * K, T, mels)
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError("XKDFeatureExtractor: the log-mel holds NaN or infinite values (check mean / std)")
+        if k > 1:
+            features = features.reshape(len(items), k, *features.shape[1:])
         if return_tensors in ("pt", "torch"):
-            data = {"input_values": features}
-            return BatchFeature(data)
+            return BatchFeature({"input_values": features})
         arr = features.cpu().numpy()
         if return_tensors == "np":
             return BatchFeature({"input_values": arr}, tensor_type="np")
         return BatchFeature({"input_values": list(arr)})
 
 
+_FIELDS = [
+    "feature_size", "sampling_rate", "n_fft", "hop_length", "min_frequency", "max_frequency", "clip_duration",
+    "num_clips", "mean", "std", "do_normalize", "padding_value", "return_attention_mask", "compute_dtype",
+]
 
+
+# --------------------------------------------------------------------------------------------------------------
+# The audio-classification pipeline, given PyAV decoding for XKD feature extractors
+# --------------------------------------------------------------------------------------------------------------
 def pyav_ffmpeg_read(bpayload: bytes, sampling_rate: int) -> np.ndarray:
-    """Drop-in for ``transformers.pipelines.audio_classification.ffmpeg_read`` that decodes with PyAV.
-
-    Args:
-        bpayload (`bytes`): the whole file.
-        sampling_rate (`int`): output rate.
-
-    Returns:
-        `np.ndarray` of shape `(S,)`, float32 mono (channels averaged), like the original.
-    """
+    """PyAV version of ``transformers.pipelines.audio_classification.ffmpeg_read`` (same signature and output:
+    `(S,)` float32 mono, channels averaged, at ``sampling_rate``). Not installed anywhere; a helper."""
     return load_audio(bpayload, sampling_rate=sampling_rate)
 
 
-def install_pyav_audio_reader() -> bool:
-    """Make ``pipeline("audio-classification")`` decode file paths and bytes with PyAV instead of the ``ffmpeg``
-    program.
+def _pipeline_audio(inputs: Any, feature_extractor) -> Any:
+    """What the pipeline's own ``preprocess`` gets for an XKD extractor: files decoded with PyAV (errors name the
+    path), dicts at another rate resampled with PyAV; anything else unchanged."""
+    rate = feature_extractor.sampling_rate
+    if isinstance(inputs, str) and inputs.startswith(("http://", "https://")):
+        return inputs  # the pipeline downloads it, then hands us the bytes
+    if isinstance(inputs, (str, os.PathLike, bytes, bytearray)):
+        return {"array": load_audio(inputs, sampling_rate=rate), "sampling_rate": rate}
+    if isinstance(inputs, dict) and "sampling_rate" in inputs and ("raw" in inputs or "array" in inputs):
+        wave = inputs["raw"] if inputs.get("raw") is not None else inputs.get("array")
+        in_rate = int(inputs["sampling_rate"])
+        if wave is not None and in_rate != rate:
+            if torch.is_tensor(wave):
+                wave = wave.detach().cpu().numpy()
+            wave = np.asarray(wave)
+            if wave.ndim != 1 or not np.issubdtype(wave.dtype, np.floating):
+                raise ValueError(
+                    f"audio dict: expected a 1-D float waveform, got dtype {wave.dtype} and shape {tuple(wave.shape)}"
+                )
+            return {"array": resample_audio(wave, in_rate, rate), "sampling_rate": rate}
+    return inputs
 
-    transformers' audio-classification pipeline reads a path into bytes and pipes them to an ``ffmpeg``
-    subprocess (`ffmpeg_read`): it fails where no ffmpeg program is installed, and on mp4 files whose index sits
-    at the end (a pipe cannot seek). There is no hook to hand the path to the feature extractor, so this swaps
-    that module-level function for :func:`pyav_ffmpeg_read` (same signature and output: mono float32 at the
-    requested rate). Called when this module is imported (which also happens when a saved folder is loaded with
-    ``trust_remote_code=True``); idempotent. Returns whether the reader is now PyAV's.
+
+def install_pyav_audio_reader() -> bool:
+    """Let ``pipeline("audio-classification")`` decode files and resample dict inputs with PyAV for XKD models.
+
+    transformers' audio-classification pipeline pipes a file's bytes to an ``ffmpeg`` program (which may be
+    missing, cannot seek in "moov at end" mp4 files, and reports errors about ``<bytes>``) and resamples
+    ``{"raw", "sampling_rate"}`` inputs with torchaudio. There is no hook for either, so this wraps
+    ``AudioClassificationPipeline.preprocess`` once: when the pipeline's feature extractor declares
+    ``decodes_pipeline_media`` (every XKD feature extractor does), a path or bytes is decoded by PyAV (errors name
+    the path) and a dict at another rate is resampled by PyAV; every other pipeline runs transformers' code
+    unchanged (``ffmpeg_read`` itself is not replaced). Applied when this module is imported (also when a saved
+    folder is loaded with ``trust_remote_code=True``); idempotent; :func:`uninstall_pyav_audio_reader` restores
+    the original. Returns whether the wrapper is in place.
     """
     try:
-        from transformers.pipelines import audio_classification
-    except Exception:  # pragma: no cover - pipelines unavailable: nothing to patch
+        from transformers.pipelines.audio_classification import AudioClassificationPipeline
+    except Exception:  # pragma: no cover - pipelines unavailable: nothing to wrap
         return False
-    if getattr(audio_classification, "ffmpeg_read", None) is not pyav_ffmpeg_read:
-        audio_classification._original_ffmpeg_read = getattr(audio_classification, "ffmpeg_read", None)
-        audio_classification.ffmpeg_read = pyav_ffmpeg_read
+    current = AudioClassificationPipeline.preprocess
+    if getattr(current, "_xkd_pyav_wrapper", False):
+        return True
+    original = current
+
+    def preprocess(self, inputs, *args, **kwargs):
+        if getattr(self.feature_extractor, "decodes_pipeline_media", False):
+            inputs = _pipeline_audio(inputs, self.feature_extractor)
+        return original(self, inputs, *args, **kwargs)
+
+    preprocess._xkd_pyav_wrapper = True
+    preprocess._xkd_original = original
+    preprocess.__doc__ = original.__doc__
+    AudioClassificationPipeline.preprocess = preprocess
     return True
 
 
+def uninstall_pyav_audio_reader() -> bool:
+    """Undo :func:`install_pyav_audio_reader` (restores transformers' ``preprocess``). Returns whether it did."""
+    try:
+        from transformers.pipelines.audio_classification import AudioClassificationPipeline
+    except Exception:  # pragma: no cover
+        return False
+    current = AudioClassificationPipeline.preprocess
+    if not getattr(current, "_xkd_pyav_wrapper", False):
+        return False
+    AudioClassificationPipeline.preprocess = current._xkd_original
+    return True
+
+
+XKDFeatureExtractor.decodes_pipeline_media = True  # see install_pyav_audio_reader
 install_pyav_audio_reader()
 
 
-__all__ = ["XKDFeatureExtractor", "install_pyav_audio_reader", "pyav_ffmpeg_read"]
+__all__ = [
+    "XKDFeatureExtractor",
+    "XKDLogMelSpectrogram",
+    "install_pyav_audio_reader",
+    "uninstall_pyav_audio_reader",
+    "pyav_ffmpeg_read",
+]

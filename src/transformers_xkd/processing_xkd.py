@@ -1,12 +1,13 @@
 """XKDProcessor: one call on a video file with sound gives ``pixel_values`` and ``input_values`` of the same window.
 
-The file is opened once (``decoding_xkd.decode_clips``); clip ``k``'s 32 frames (8 fps) and 64,000 audio samples
-(16 kHz mono) both cover ``[s_k, s_k + 4 s)``. Frames go through :class:`XKDVideoProcessor`'s transforms and the
-waveform through :class:`XKDFeatureExtractor`'s log-mel.
+The file is read once by the clip layer (``clips_xkd.read_clips``); clip ``k``'s 32 frames (8 fps) and 64,000 audio
+samples (16 kHz mono) both cover ``[s_k, s_k + 4 s)``. The clips then go through the sub-processors' public entry
+points: ``video_processor(clips)`` and ``feature_extractor(clips)``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -14,9 +15,15 @@ import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .decoding_xkd import MediaDecodingError, decode_clips, describe_source
+from .clips_xkd import ClipSpec, read_clips, reject_unknown_keywords
+from .decoding_xkd import MediaDecodingError
 from .feature_extraction_xkd import XKDFeatureExtractor
-from .video_processing_xkd import XKDVideoProcessor, _is_source
+from .video_processing_xkd import XKDVideoProcessor
+
+
+def _is_media_source(x: Any) -> bool:
+    """A path, bytes or a binary file object (what the clip layer opens)."""
+    return isinstance(x, (str, os.PathLike, bytes, bytearray)) or (hasattr(x, "read") and hasattr(x, "seek"))
 
 
 class XKDProcessor(ProcessorMixin):
@@ -86,12 +93,14 @@ class XKDProcessor(ProcessorMixin):
         """
         if videos is None and audio is None:
             raise ValueError("XKDProcessor needs `videos=` and/or `audio=`")
+        if return_tensors not in (None, "pt", "torch", "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
         data: dict[str, Any] = {}
         metadata = None
         if videos is not None:
-            if _is_source(videos):
+            if _is_media_source(videos):
                 items = [videos]
-            elif isinstance(videos, (list, tuple)) and videos and all(_is_source(v) for v in videos):
+            elif isinstance(videos, (list, tuple)) and videos and all(_is_media_source(v) for v in videos):
                 items = list(videos)
             else:
                 items = None
@@ -118,51 +127,48 @@ class XKDProcessor(ProcessorMixin):
 
     def _paired(self, items: list, with_audio: bool, num_clips: int | None, overrides: dict):
         vp, fe = self.video_processor, self.feature_extractor
-        num_clips = int(num_clips or vp.num_clips)
+        num_clips = vp.num_clips if num_clips is None else num_clips
         clip_duration = vp.clip_duration
         if with_audio and abs(clip_duration - fe.clip_duration) > 1e-9:
             raise ValueError(
                 f"XKDProcessor: the video clip ({clip_duration:g} s = {vp.num_frames} frames at {vp.fps:g} fps) and "
                 f"the audio clip ({fe.clip_duration:g} s) must have the same length"
             )
-        videos, audios, metadata = [], [], []
-        for source in items:
-            clips, starts = decode_clips(
-                source,
-                num_clips=num_clips,
-                clip_duration=clip_duration,
-                fps=vp.fps,
-                sampling_rate=fe.sampling_rate,
-                decode_audio=with_audio,
-                require_video=True,
-                require_audio=with_audio,
-            )
-            frames = np.stack([c.frames for c in clips]).astype(np.float32)  # (clips, T, H, W, 3)
-            n, t, h, w, ch = frames.shape
-            x = torch.from_numpy(frames).reshape(n * t, h, w, ch).permute(0, 3, 1, 2)
-            x = vp.transform(x, **overrides)
-            videos.append(x.reshape(n, t, *x.shape[1:]))
-            if with_audio:
-                audios.append(fe.log_mel(np.stack([c.audio for c in clips])))  # (clips, 448, 80)
-            padded = [c.num_padded_frames for c in clips]
-            metadata.append(
-                {
-                    "source": describe_source(source),
-                    "clip_starts": starts,
-                    "num_padded_frames": padded,
-                    "num_padded_samples": [c.num_padded_samples for c in clips],
-                    "padded": any(padded) or any(c.num_padded_samples for c in clips),
-                    "source_fps": clips[0].info.native_fps,
-                    "duration": clips[0].info.av_duration,
-                    "skipped_packets": clips[0].skipped_packets,
-                }
-            )
-        pixel_values = torch.stack(videos)
-        input_values = torch.stack(audios) if with_audio else None
-        if num_clips == 1:
-            pixel_values = pixel_values[:, 0]
-            input_values = input_values[:, 0] if input_values is not None else None
-        return pixel_values, input_values, metadata
+        spec = ClipSpec(clip_duration, vp.fps, fe.sampling_rate)
+        clips = [
+            read_clips(source, spec, num_clips, audio=with_audio, require_video=True, require_audio=with_audio,
+                       padding_value=fe.padding_value)
+            for source in items
+        ]
+        video = vp(clips, return_tensors="pt", **overrides)
+        input_values = fe(clips, return_tensors="pt")["input_values"] if with_audio else None
+        return video["pixel_values"], input_values, video.video_metadata
+
+    @classmethod
+    def from_model_config(cls, config, **kwargs) -> "XKDProcessor":
+        """Sub-processors whose outputs fit an ``XKDConfig`` and whose clips pair up (one window for both streams).
+
+        ``XKDVideoProcessor.from_model_config`` gives the frames; the audio clip then has the video clip's length
+        when a hop gives the model's ``max_length`` frames over it: the released 143 when it does (4 s -> 448), else
+        ``num_samples // (max_length - 1)`` (1 s, 64 frames -> 253). ``video_kwargs`` / ``audio_kwargs`` dicts
+        override any field (``XKDFeatureExtractor.from_model_config`` checks that the audio still fits the model).
+        """
+        reject_unknown_keywords("XKDProcessor.from_model_config", kwargs, ["video_kwargs", "audio_kwargs"])
+        video = XKDVideoProcessor.from_model_config(config, **dict(kwargs.get("video_kwargs") or {}))
+        audio_kwargs = dict(kwargs.get("audio_kwargs") or {})
+        audio_config = getattr(config, "audio_config", None) or config
+        frames = getattr(audio_config, "max_length", None)
+        if "clip_duration" not in audio_kwargs and isinstance(frames, int) and frames > 1:
+            samples = int(round(video.clip_duration * int(audio_kwargs.get("sampling_rate", 16000))))
+            hop = audio_kwargs.get("hop_length")
+            if hop is None:
+                hop = 143 if 1 + samples // 143 == frames else max(1, samples // (frames - 1))
+                if 1 + samples // hop == frames:
+                    audio_kwargs["hop_length"] = hop
+            if 1 + samples // int(hop) == frames:
+                audio_kwargs["clip_duration"] = video.clip_duration
+        audio = XKDFeatureExtractor.from_model_config(config, **audio_kwargs)
+        return cls(video, audio)
 
     @property
     def model_input_names(self) -> list[str]:

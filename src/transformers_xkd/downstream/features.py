@@ -13,7 +13,8 @@ Protocol (released eval code):
 * Test videos give ``test_clips`` uniformly spaced clips with the plain eval transform; the classifier's clip
   scores are averaged per video (``FeatureSet.video_ids``).
 
-Each file is decoded once (PyAV, ``decoding_xkd.decode_media``) and every clip is cut from that decode.
+Each file is read once by the clip layer (``clips_xkd.read_clips``: one demux pass over the union of the clips'
+windows, the released start, frame and padding rules); each clip is then augmented here.
 Features are cached as ``.npz`` under ``cache_dir``, keyed by a hash of the checkpoint, the file list (paths,
 sizes, modification times, labels), the protocol and the processors' settings, so a cost sweep or a re-run does
 not extract again.
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..decoding_xkd import MediaDecodingError, clip_starts, decode_media
+from ..clips_xkd import ClipSpec, read_clips
+from ..decoding_xkd import MediaDecodingError
 from .datasets import media_paths
 
 __all__ = [
@@ -47,7 +49,8 @@ __all__ = [
     "video_train_augmentation",
 ]
 
-CACHE_VERSION = 1
+# 2: clips cut by the clip layer (clips_xkd): header-duration starts and the frame shown at each time
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,21 @@ class ClipProtocol:
             raise ValueError(f"modality must be 'video', 'audio' or 'audio_visual', got {self.modality!r}")
         if self.train_clips < 1 or self.test_clips < 1:
             raise ValueError(f"train_clips and test_clips must be >= 1, got {self.train_clips}, {self.test_clips}")
+
+    def clip_spec(self, video_processor=None, feature_extractor=None) -> ClipSpec:
+        """The clip (``clips_xkd.ClipSpec``) of this protocol with these processors: their clip length (which must
+        agree for ``audio_visual``), frame rate and sampling rate."""
+        vp, fe = video_processor, feature_extractor
+        if self.needs_video and vp is None or self.needs_audio and fe is None:
+            raise ValueError(f"modality {self.modality!r} needs a video processor and/or a feature extractor")
+        durations = {round(p.clip_duration, 9) for p in (vp, fe) if p is not None}
+        if len(durations) > 1:
+            raise ValueError(
+                f"the video clip ({vp.clip_duration:g} s) and the audio clip ({fe.clip_duration:g} s) must have the "
+                "same length for audio-visual clips"
+            )
+        duration = vp.clip_duration if vp is not None else fe.clip_duration
+        return ClipSpec(duration, vp.fps if vp is not None else 8.0, fe.sampling_rate if fe is not None else 16000)
 
     @property
     def needs_video(self) -> bool:
@@ -270,43 +288,19 @@ def sample_clips(
     rng = rng if rng is not None else np.random.default_rng(protocol.seed)
     n = protocol.train_clips if train else protocol.test_clips
     vp, fe = video_processor, feature_extractor
-    durations = []
-    if protocol.needs_video:
-        durations.append(vp.clip_duration)
-    if protocol.needs_audio:
-        durations.append(fe.clip_duration)
-    clip_duration = max(durations)
-    decoded = decode_media(
-        source,
-        fps=vp.fps if vp is not None else 8.0,
-        sampling_rate=fe.sampling_rate if fe is not None else 16000,
-        decode_video=protocol.needs_video,
-        decode_audio=protocol.needs_audio,
-        require_video=protocol.needs_video,
-        require_audio=protocol.needs_audio,
+    spec = protocol.clip_spec(vp if protocol.needs_video else None, fe if protocol.needs_audio else None)
+    # the clip layer: random starts for training clips, uniform ones for test clips; one read of the file
+    clips = read_clips(
+        source, spec, n, rng=rng if train else None,
+        video=protocol.needs_video, audio=protocol.needs_audio,
+        require_video=protocol.needs_video, require_audio=protocol.needs_audio,
     )
-    lengths = []
-    if protocol.needs_video:
-        lengths.append((len(decoded.frames) - decoded.num_padded_frames) / vp.fps)
-    if protocol.needs_audio:
-        lengths.append((len(decoded.audio) - decoded.num_padded_samples) / fe.sampling_rate)
-    total = min(lengths)  # both streams must cover a synchronised clip
-    if train:
-        span = max(0.0, total - clip_duration)
-        starts = list(rng.uniform(0.0, span, size=n)) if span > 0 else [0.0] * n
-    else:
-        starts = clip_starts(total, clip_duration, n)
-
     pixel_values = input_values = None
     if protocol.needs_video:
-        frames = decoded.frames  # (N, H, W, 3) uint8 at vp.fps
-        idx = np.stack([int(round(s * vp.fps)) + np.arange(vp.num_frames) for s in starts])
-        idx = np.clip(idx, 0, len(frames) - 1)  # short videos: repeat the last frame (as the processor does)
-        clips = torch.from_numpy(np.ascontiguousarray(frames[idx.reshape(-1)])).permute(0, 3, 1, 2).float()
         if train and protocol.train_augment:
             # shorter side to the processor's resize, then the random crop picks the final size
-            x = vp.transform(clips, do_center_crop=False, do_rescale=False, do_normalize=False) / 255.0
-            x = x.reshape(n, vp.num_frames, *x.shape[1:])
+            x = vp(clips, do_center_crop=False, do_rescale=False, do_normalize=False)["pixel_values"][0] / 255.0
+            x = x.reshape(n, vp.num_frames, *x.shape[-3:])
             crop = (vp.crop_size["height"], vp.crop_size["width"])
             aug = video_augment if video_augment is not None else video_train_augmentation(protocol, crop)
             x = aug(x).clamp_(0, 1)
@@ -314,16 +308,10 @@ def sample_clips(
             std = torch.tensor(vp.image_std).view(1, 1, 3, 1, 1)
             pixel_values = (x - mean) / std
         else:
-            x = vp.transform(clips)
-            pixel_values = x.reshape(n, vp.num_frames, *x.shape[1:])
+            x = vp(clips)["pixel_values"][0]
+            pixel_values = x.reshape(n, vp.num_frames, *x.shape[-3:])
     if protocol.needs_audio:
-        wave = decoded.audio
-        num = fe.num_samples
-        windows = np.zeros((n, num), dtype=np.float32)
-        for k, s in enumerate(starts):
-            lo = int(round((s - decoded.audio_start) * fe.sampling_rate))
-            w = wave[max(lo, 0): max(lo, 0) + num]
-            windows[k, : len(w)] = w
+        windows = clips.waveforms
         if train and protocol.train_augment and protocol.volume_jitter > 0:
             gains = rng.uniform(1 - protocol.volume_jitter, 1 + protocol.volume_jitter, size=(n, 1))
             windows = (windows * gains).astype(np.float32)

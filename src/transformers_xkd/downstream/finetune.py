@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..log_mel_xkd import KINETICS_SOUND_STD
 from .datasets import media_paths
 from .features import ClipProtocol, sample_clips
 from .metrics import classification_metrics
@@ -196,8 +198,8 @@ class VideoRandAugment(nn.Module):
     """
 
     def __init__(self, num_ops: int = 4, magnitude: int = 7, random_erasing: float = 0.25,
-                 crop_scale: tuple[float, float] = (0.25, 1.0), mean=(0.485, 0.456, 0.406),
-                 std=(0.229, 0.224, 0.225)):
+                 crop_scale: tuple[float, float] = (0.25, 1.0), mean=tuple(IMAGENET_DEFAULT_MEAN),
+                 std=tuple(IMAGENET_DEFAULT_STD)):
         super().__init__()
         import kornia.augmentation as K
 
@@ -252,7 +254,7 @@ class AudioSpecAugment(nn.Module):
     """
 
     def __init__(self, volume_jitter: float = 0.2, time_warp: int = 20, freq_masks: int = 2,
-                 freq_mask_param: int = 10, time_masks: int = 2, time_mask_param: int = 20, std: float = 4.410007):
+                 freq_mask_param: int = 10, time_masks: int = 2, time_mask_param: int = 20, std: float = KINETICS_SOUND_STD):
         super().__init__()
         self.volume_jitter, self.time_warp = volume_jitter, time_warp
         self.freq_masks, self.freq_mask_param = freq_masks, freq_mask_param

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from ..configuration_xkd import XKDConfig
+from ..log_mel_xkd import KINETICS_SOUND_MEAN, KINETICS_SOUND_STD
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "seed": 99999,
@@ -30,8 +31,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "sampling_rate": 16000,
         "n_fft": 1024,
         "hop_length": 143,
-        "mel_mean": -5.3688107,
-        "mel_std": 4.410007,
+        "mel_mean": KINETICS_SOUND_MEAN,  # -5.3688107, the released Kinetics-Sound statistics (log_mel_xkd)
+        "mel_std": KINETICS_SOUND_STD,  # 4.410007
         "local_audio_duration": 1.0,
         "local_audio_start_step": 100,  # samples: the released local start is randint(0, 480) * 100
         "min_duration": 1.1,  # both streams must be longer than this (released K400 filter)

@@ -36,8 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-from ..decoding_xkd import MediaDecodingError, MediaReader, target_frame_times
+from ..clips_xkd import ClipSpec, read_clips, resize_shorter_side
+from ..decoding_xkd import MediaDecodingError, MediaReader
 from ..feature_extraction_xkd import XKDFeatureExtractor
+from ..log_mel_xkd import KINETICS_SOUND_MEAN, KINETICS_SOUND_STD
 from .augment import audio_random_resize_crop
 
 
@@ -380,8 +382,8 @@ class ClipSettings:
     n_fft: int = 1024
     hop_length: int = 143
     num_mel_bins: int = 80
-    mel_mean: float = -5.3688107
-    mel_std: float = 4.410007
+    mel_mean: float = KINETICS_SOUND_MEAN
+    mel_std: float = KINETICS_SOUND_STD
     global_frames: int = 448
     local_frames: int = 112
     local_audio_duration: float = 1.0
@@ -396,12 +398,17 @@ class ClipSettings:
     max_retries: int = 10
 
     @property
+    def clip_spec(self) -> ClipSpec:
+        """The global clip in the clip layer's terms (``clips_xkd.ClipSpec``)."""
+        return ClipSpec(self.clip_duration, self.fps, self.sampling_rate)
+
+    @property
     def num_frames(self) -> int:
-        return int(round(self.clip_duration * self.fps))
+        return self.clip_spec.num_frames
 
     @property
     def num_samples(self) -> int:
-        return int(round(self.clip_duration * self.sampling_rate))
+        return self.clip_spec.num_samples
 
     @property
     def local_num_samples(self) -> int:
@@ -411,24 +418,20 @@ class ClipSettings:
 def resize_short_side(frames: np.ndarray, short_side: int, exact_float: bool = False) -> torch.Tensor:
     """`(T, H, W, 3)` uint8 -> `(T, 3, H', W')` uint8 with ``min(H', W') == short_side`` (bilinear, antialiased).
 
-    The released ``Basic`` transform resizes with PIL bilinear, which is antialiased when downscaling (a triangle
-    filter stretched by the scale factor). By default this uses torch's uint8 antialiased-bilinear kernel on the
-    channels-last frames (no float copy; 10-30x faster than the float path on one core): it computes PIL's
-    fixed-point filter and agrees with PIL within 1 grey level on ~0.01-0.2% of the pixels. ``exact_float=True``
-    runs the same resampling in float32 and rounds once at the end; the two paths differ by at most 1 grey level
-    (on a few percent of the pixels; tested), the float path being the farther one from PIL.
+    The clip layer's shorter-side rule (``clips_xkd.resize_shorter_side``: the longer side truncated, as the
+    released ``resize_clip``). The released ``Basic`` transform resizes with PIL bilinear, which is antialiased when
+    downscaling (a triangle filter stretched by the scale factor). By default this uses torch's uint8
+    antialiased-bilinear kernel on the channels-last frames (no float copy; 10-30x faster than the float path on one
+    core): it computes PIL's fixed-point filter and agrees with PIL within 1 grey level on ~0.01-0.2% of the pixels.
+    ``exact_float=True`` runs the same resampling in float32 and rounds once at the end; the two paths differ by at
+    most 1 grey level (on a few percent of the pixels; tested), the float path being the farther one from PIL.
     """
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # a channels-last view, no copy
-    h, w = video.shape[-2:]
-    scale = short_side / min(h, w)
-    size = (short_side, max(short_side, round(w * scale))) if h <= w else (max(short_side, round(h * scale)), short_side)
-    if (h, w) == size:
-        return video.contiguous()
     if not exact_float:
-        out = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
+        out = resize_shorter_side(video, short_side)
         return out.contiguous()
-    out = F.interpolate(video.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    out = resize_shorter_side(video.float(), short_side)
+    return out if out.dtype == torch.uint8 else out.to(torch.uint8)
 
 
 def _fit_frames(features: torch.Tensor, length: int) -> torch.Tensor:
@@ -483,24 +486,15 @@ class XKDPretrainingDataset(Dataset):
         # One decoder thread in a DataLoader worker (there is a worker per core, as torch uses one thread there);
         # FFmpeg's default would start a thread per CPU in every worker.
         in_worker = get_worker_info() is not None
-        with MediaReader(self.source.media(self.items[index]), threads=1 if in_worker else None) as reader:
-            info = reader.info
-            if not (info.has_video and info.has_audio):
-                raise MediaDecodingError(reader.name, "needs both a video and an audio stream")
-            available = min(info.video_duration or 0.0, info.audio_duration or 0.0)
-            # Same start for both streams (synchronised, as released when both are long enough); shorter inputs
-            # start at 0 and the decoder pads (last frame repeated, audio zero-padded).
-            start = float(rng.uniform(0.0, available - s.clip_duration)) if available > s.clip_duration else 0.0
-            decoded = reader.read(
-                frame_times=target_frame_times(start, s.clip_duration, s.fps),
-                audio_window=(start, start + s.clip_duration),
-                sampling_rate=s.sampling_rate, require_video=True, require_audio=True,
-            )
-        frames, audio = decoded.frames, decoded.audio
-        if frames is None or frames.shape[0] != s.num_frames or audio is None:
-            raise MediaDecodingError(reader.name, "the decoded window is incomplete")
-        if len(audio) != s.num_samples:
-            audio = np.pad(audio[: s.num_samples], (0, max(0, s.num_samples - len(audio))))
+        # the clip layer: one random start for both streams (synchronised, as released when both are long enough),
+        # drawn from the duration both cover; shorter inputs start at 0 and are padded (last frame, zeros)
+        clips = read_clips(
+            self.source.media(self.items[index]), s.clip_spec, 1, rng=rng, require_video=True, require_audio=True,
+            threads=1 if in_worker else None,
+        )
+        frames, audio = clips.frames[0], clips.waveforms[0]
+        if frames.shape[0] != s.num_frames or audio.shape[0] != s.num_samples:
+            raise MediaDecodingError(clips.source, "the decoded window is incomplete")
         return frames, audio
 
     def audio_views(self, audio: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -779,9 +779,7 @@ def run_pretraining(
 def export_models(accelerator, model, output_dir: str, settings: ClipSettings) -> dict:
     """``OUT/pretraining``: the whole XKDForPretraining; ``OUT/teachers``: an XKDModel of the EMA teachers with the
     matching processors (frames + log-mel, sized for this model). Both load with ``from_pretrained``."""
-    from ..feature_extraction_xkd import XKDFeatureExtractor
     from ..processing_xkd import XKDProcessor
-    from ..video_processing_xkd import XKDVideoProcessor
 
     state_dict = accelerator.get_state_dict(model)  # a collective under FSDP/DeepSpeed: every process calls it
     unwrapped = accelerator.unwrap_model(model)
@@ -798,18 +796,17 @@ def export_models(accelerator, model, output_dir: str, settings: ClipSettings) -
         else:
             teachers = unwrapped.export_teachers()
         teachers.save_pretrained(paths["teachers"], safe_serialization=True)
-        feature_extractor = XKDFeatureExtractor(
-            feature_size=settings.num_mel_bins, sampling_rate=settings.sampling_rate, n_fft=settings.n_fft,
-            hop_length=settings.hop_length, clip_duration=settings.clip_duration, mean=settings.mel_mean,
-            std=settings.mel_std,
+        # Processors that fit the model (frames, mel bins, crop; the released evaluation transform: shorter side to
+        # int(crop / 0.875), centre crop), with the run's audio settings (its clip, when it gives the model's frames).
+        processor = XKDProcessor.from_model_config(
+            unwrapped.config,
+            video_kwargs=dict(fps=settings.fps),
+            audio_kwargs=dict(sampling_rate=settings.sampling_rate, n_fft=settings.n_fft,
+                              hop_length=settings.hop_length, mean=settings.mel_mean, std=settings.mel_std,
+                              **({"clip_duration": settings.clip_duration}
+                                 if 1 + settings.num_samples // settings.hop_length == settings.global_frames else {})),
         )
-        # The evaluation transform of the released code: shorter side to int(crop / 0.875), centre crop.
-        crop = unwrapped.config.video_config.image_size
-        video_processor = XKDVideoProcessor(
-            num_frames=unwrapped.config.video_config.num_frames, fps=settings.fps,
-            size={"shortest_edge": int(crop / 0.875)}, crop_size={"height": crop, "width": crop},
-        )
-        processor = XKDProcessor(video_processor=video_processor, feature_extractor=feature_extractor)
+        feature_extractor, video_processor = processor.feature_extractor, processor.video_processor
         for path in paths.values():
             processor.save_pretrained(path)
             feature_extractor.save_pretrained(path)
