@@ -162,6 +162,10 @@ def resolve_source(
 ) -> ClipSource:
     """Turn ``--train-data SRC`` into a :class:`ClipSource` (see the module docstring for the accepted forms)."""
     src = os.fspath(src)
+    from .shards import looks_like_shards, resolve_shards  # prepared shards (training/prepare_data.py)
+
+    if looks_like_shards(src):
+        return resolve_shards(src)
     if src.startswith("hf://"):
         return _hub_source(src[len("hf://"):], column, split)
     if os.path.isdir(src):
@@ -609,7 +613,11 @@ def load_or_scan(source: ClipSource, index_path: str | None, min_duration: float
                 index_path, report.source, report.total, source.description, len(source.items),
             )
         return report
-    if scan:
+    if hasattr(source, "kept_items"):  # prepared shards: the manifest has the durations, nothing to probe
+        kept, durations, dropped = source.kept_items(min_duration)
+        report = ScanReport(source=source.description, total=len(source.items), kept=kept, durations=durations,
+                            dropped={f"shorter than {min_duration:g} s": dropped} if dropped else {})
+    elif scan:
         report = scan_clips(source, min_duration=min_duration, num_workers=num_workers)
     else:
         report = ScanReport(source=source.description, total=len(source.items), kept=list(source.items),
