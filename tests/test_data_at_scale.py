@@ -83,6 +83,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def http_url(shards):
+    pytest.importorskip("aiohttp", reason="fsspec's https:// reader needs aiohttp (pip install transformers-xkd[stream])")
     folder = str(shards[0])
 
     def handler(*args, **kwargs):
@@ -286,3 +287,24 @@ def test_training_from_http_shards_resumes_exactly(shards, http_url, tmp_path):
     assert a.keys() == b.keys() and a
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:5]}"
+
+
+def test_prepare_data_command_line_from_a_list_writes_a_failure_report(raw, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_data_cli", REPO / "training" / "prepare_data.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    listing = tmp_path / "train.txt"
+    listing.write_text(f"{raw / 'clip0.mp4'} label_a\n{raw / 'broken.mp4'} label_b\n")
+    out = tmp_path / "out"
+    code = cli.main(["--input", str(listing), "--output", str(out), "--short-side", "32", "--fps", "8",
+                     "--num-workers", "1", "--no-progress"])
+    assert code == 0
+    failures = json.loads((out / "failures-0-of-1.json").read_text())
+    assert [os.path.basename(f["source"]) for f in failures] == ["broken.mp4"]
+    assert "broken.mp4" in capsys.readouterr().err
+    source = load_manifest(str(out))
+    with MediaReader(source.media(0)) as reader:
+        assert reader.info.native_fps == 8.0 and reader.info.height == 32
+    assert cli.main(["--input", str(listing), "--output", str(out), "--fps", "zero"]) == 2

@@ -7,7 +7,9 @@ Three kinds of source (``--train-data SRC``):
   column); relative paths are resolved against the list's folder;
 * a ``datasets`` dataset: a folder written by ``Dataset.save_to_disk`` or a Hub id (``hf://owner/name`` or any
   SRC that is not an existing path), with a column holding paths, bytes, or ``{"path", "bytes"}`` dicts. A
-  ``Video``/``Audio`` feature is cast to ``decode=False`` because datasets' own decoding needs torchcodec.
+  ``Video``/``Audio`` feature is cast to ``decode=False`` because datasets' own decoding needs torchcodec;
+* prepared shards (``training/prepare_data.py``): a ``manifest.json``, its folder or URL, or ``.tar`` shards
+  (:mod:`.shards`); the manifest's durations replace the scan.
 
 :func:`scan_clips` keeps only inputs with both a video and an audio stream longer than the released minimum
 (1.1 s) and reports counts and reasons. :class:`XKDPretrainingDataset` decodes, in DataLoader workers, one
