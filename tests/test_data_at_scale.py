@@ -308,3 +308,25 @@ def test_prepare_data_command_line_from_a_list_writes_a_failure_report(raw, tmp_
     with MediaReader(source.media(0)) as reader:
         assert reader.info.native_fps == 8.0 and reader.info.height == 32
     assert cli.main(["--input", str(listing), "--output", str(out), "--fps", "zero"]) == 2
+
+
+def test_float_audio_option_stores_the_decoders_waveform_bit_for_bit(raw):
+    from transformers_xkd.pretraining.prepare import transcode_clip
+
+    data, meta = transcode_clip(raw / "clip1.mp4", PrepareSettings(short_side=32, audio_codec="pcm_f32le"))
+    stored = decode_media(data, decode_video=False).audio
+    reference = decode_media(raw / "clip1.mp4", decode_video=False).audio
+    n = meta["streams"]["audio"]["samples"]
+    assert n == 32000 and np.array_equal(stored[:n], reference[:n])
+    with pytest.raises(ValueError, match="audio_codec"):
+        PrepareSettings(audio_codec="mp3").validate()
+
+
+def test_only_shard_sources_are_routed_to_the_shard_reader(raw, shards):
+    from transformers_xkd.pretraining.shards import looks_like_shards
+
+    assert looks_like_shards(str(shards[0])) and looks_like_shards(str(shards[0] / "manifest.json"))
+    assert looks_like_shards("https://example.org/k400/manifest.json") and looks_like_shards("s3://bucket/k400/")
+    assert looks_like_shards("hf://datasets/owner/name/manifest.json") and looks_like_shards("/x/shard-*.tar")
+    assert not looks_like_shards(str(raw)) and not looks_like_shards("hf://owner/name")
+    assert not looks_like_shards("owner/name") and not looks_like_shards(str(raw / "train.txt"))

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gop-seconds", type=float, default=1.0)
     parser.add_argument("--crf", type=int, default=20)
     parser.add_argument("--preset", default="veryfast")
-    parser.add_argument("--audio-codec", default="flac", choices=["flac", "pcm_s16le"])
+    parser.add_argument("--audio-codec", default="flac", choices=["flac", "pcm_s16le", "pcm_f32le"])
     parser.add_argument("--max-duration", type=float, default=None, help="keep at most this many seconds per clip")
     parser.add_argument("--clips-per-shard", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1)

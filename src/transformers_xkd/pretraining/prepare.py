@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "xkd-shards/1"
+AUDIO_CODECS = ("flac", "pcm_s16le", "pcm_f32le")
 _CHUNK_SECONDS = 4.0  # video is decoded, resized and encoded in windows of this length (bounded memory)
 
 
@@ -56,7 +57,9 @@ class PrepareSettings:
         gop_seconds: key-frame interval in seconds (short, so a random 4 s window decodes little beyond itself).
         crf: x264 constant rate factor (lower is better quality, bigger files).
         preset: x264 speed preset.
-        audio_codec: ``"flac"`` (16-bit lossless, default) or ``"pcm_s16le"``.
+        audio_codec: ``"flac"`` (the waveform rounded to 16 bits, losslessly compressed; default),
+            ``"pcm_s16le"`` (the same samples uncompressed) or ``"pcm_f32le"`` (the decoder's float32 waveform
+            bit for bit: exact log-mel parity, about 4x the bytes of FLAC).
         sampling_rate: stored audio rate (16 kHz, what training uses).
         max_duration: keep at most this many seconds of each input (``None``: all).
     """
@@ -77,8 +80,8 @@ class PrepareSettings:
             raise ValueError(f"fps must be positive or None (native), got {self.fps}")
         if not float(self.gop_seconds) > 0:
             raise ValueError(f"gop_seconds must be positive, got {self.gop_seconds}")
-        if self.audio_codec not in ("flac", "pcm_s16le"):
-            raise ValueError(f"audio_codec must be 'flac' or 'pcm_s16le', got {self.audio_codec!r}")
+        if self.audio_codec not in AUDIO_CODECS:
+            raise ValueError(f"audio_codec must be one of {AUDIO_CODECS}, got {self.audio_codec!r}")
 
 
 def _even(x: float) -> int:
@@ -133,14 +136,18 @@ def transcode_clip(media: Any, settings: PrepareSettings) -> tuple[bytes, dict]:
         vstream.codec_context.thread_count = 1
         astream = out.add_stream(settings.audio_codec, rate=int(settings.sampling_rate))
         astream.layout = "mono"
-        astream.format = "s16"
+        sample_format = "flt" if settings.audio_codec == "pcm_f32le" else "s16"
+        astream.format = sample_format
 
         audio = reader.read(audio_window=(0.0, duration), sampling_rate=settings.sampling_rate,
                             require_audio=True).audio
         audio = np.asarray(audio[:num_samples], np.float32)
         if len(audio) < num_samples:
             audio = np.pad(audio, (0, num_samples - len(audio)))
-        pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+        if sample_format == "flt":
+            pcm = audio
+        else:
+            pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
 
         index = 0
         per_chunk = max(1, int(round(_CHUNK_SECONDS * fps)))
@@ -163,7 +170,7 @@ def transcode_clip(media: Any, settings: PrepareSettings) -> tuple[bytes, dict]:
             out.mux(packet)
         step = 4096
         for i in range(0, len(pcm), step):
-            af = av.AudioFrame.from_ndarray(pcm[None, i:i + step].copy(), format="s16", layout="mono")
+            af = av.AudioFrame.from_ndarray(pcm[None, i:i + step].copy(), format=sample_format, layout="mono")
             af.sample_rate = int(settings.sampling_rate)
             af.pts = i
             af.time_base = fractions.Fraction(1, int(settings.sampling_rate))
