@@ -57,6 +57,7 @@ FORMATS = {
     "s128-native-crf28": PrepareSettings(crf=28),
     "s112-native-gop1": PrepareSettings(short_side=112),
     "s128-native-gop1-f32": PrepareSettings(audio_codec="pcm_f32le"),
+    "s112-8fps-gop1 (fastest)": PrepareSettings(short_side=112, fps=8.0),
 }
 
 

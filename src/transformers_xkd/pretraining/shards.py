@@ -13,7 +13,10 @@ shuffle buffer, as ``datasets``' streaming webdataset builder or webdataset do) 
 released pipeline that a shuffle buffer loses: the global per-epoch permutation (not a buffer-local shuffle),
 sharding over ranks and DataLoader workers by the same :class:`.data.ShardedEpochSampler`, and exact resume
 from the checkpoint's ``(epoch, micro-batch)`` position (a streaming shuffle buffer's contents are not part of a
-resumable state: ``datasets.IterableDataset.state_dict`` documents that the buffer is refilled on resume).
+resumable state: ``datasets.IterableDataset.state_dict`` documents that "examples from shuffle buffers are lost
+when resuming and the buffers are refilled with new data", so N/2 + resume + N/2 steps would not see the data of
+N straight steps). The clip order needs only the manifest's row count, so a run over a million clips needs no
+listing; the per-clip cost is one small ranged GET (latency hidden by DataLoader workers and their prefetch).
 """
 
 from __future__ import annotations
