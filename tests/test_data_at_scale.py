@@ -347,3 +347,18 @@ def test_startup_benchmark_needs_no_scan_and_keeps_the_right_clips(tmp_path):
     assert index["total"] == 3000 and len(index["kept"]) == expected
     for key in ("load_manifest_s", "filter_and_write_index_s", "total_s", "total_cpu_s", "resume_reload_index_s"):
         assert out[key] >= 0, key
+
+
+def test_a_datasets_source_with_bytes_is_prepared(raw, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = {"video": [(raw / f"clip{i}.mp4").read_bytes() for i in range(2)], "label": [0, 1]}
+    folder = tmp_path / "ds"
+    datasets.Dataset.from_dict(rows).save_to_disk(str(folder))
+    source = resolve_source(str(folder))
+    entries = [(source.name(i), source.media(i)) for i in source.items]
+    summary = prepare_shards(entries, str(tmp_path / "out"), SETTINGS, clips_per_shard=8, progress=False)
+    assert summary["clips"] == 2 and not summary["failures"]
+    shards_source = load_manifest(str(tmp_path / "out"))
+    assert shards_source.sources == ["row 0", "row 1"]
+    with MediaReader(shards_source.media(1)) as reader:
+        assert reader.info.has_video and reader.info.has_audio and reader.info.height == SETTINGS.short_side
