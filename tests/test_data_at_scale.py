@@ -24,7 +24,7 @@ import torch
 from transformers_xkd.decoding_xkd import MediaReader, decode_media
 from transformers_xkd.pretraining import ShardedEpochSampler, XKDPretrainingDataset, collate_clips, load_config
 from transformers_xkd.pretraining.data import load_or_scan, resolve_source
-from transformers_xkd.pretraining.prepare import PrepareSettings, prepare_shards, shard_index_path, shard_path
+from transformers_xkd.pretraining.prepare import PrepareSettings, prepare_shards, shard_index_path
 from transformers_xkd.pretraining.shards import ShardClipSource, load_manifest
 from transformers_xkd.pretraining.trainer import clip_settings, latest_checkpoint
 
@@ -83,7 +83,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def http_url(shards):
-    pytest.importorskip("aiohttp", reason="fsspec's https:// reader needs aiohttp (pip install transformers-xkd[stream])")
+    pytest.importorskip("aiohttp", reason="fsspec's http reader needs aiohttp (pip install transformers-xkd[stream])")
     folder = str(shards[0])
 
     def handler(*args, **kwargs):

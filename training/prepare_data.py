@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     try:
         fps = None if args.fps == "native" else float(args.fps)
         settings = PrepareSettings(short_side=args.short_side, fps=fps, gop_seconds=args.gop_seconds, crf=args.crf,
-                                   preset=args.preset, tune=args.tune, audio_codec=args.audio_codec, max_duration=args.max_duration)
+                                   preset=args.preset, tune=args.tune, audio_codec=args.audio_codec,
+                                   max_duration=args.max_duration)
         settings.validate()
         source = resolve_source(args.input, extensions=VIDEO_EXTENSIONS, column=args.column, split=args.split)
         entries = [(source.name(item), source.media(item)) for item in source.items]

@@ -22,13 +22,10 @@ listing; the per-clip cost is one small ranged GET (latency hidden by DataLoader
 from __future__ import annotations
 
 import glob
-import io
 import json
 import os
 import posixpath
 import tarfile
-from typing import Any
-
 import numpy as np
 
 from .data import ClipSource
