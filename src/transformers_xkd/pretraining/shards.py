@@ -26,6 +26,7 @@ import json
 import os
 import posixpath
 import tarfile
+
 import numpy as np
 
 from .data import ClipSource
