@@ -34,6 +34,8 @@ from .trainer import (
     run_pretraining,
 )
 from .views import VideoViewSettings, XKDViewMaker, released_local_video_settings
+from .prepare import PrepareSettings, prepare_shards
+from .shards import ShardClipSource, load_manifest
 
 __all__ = [
     "DEFAULT_CONFIG", "load_config", "parse_overrides", "build_model_config",
@@ -43,4 +45,5 @@ __all__ = [
     "run_pretraining", "NonFiniteLossError", "DecodeFailureError", "FailureTracker", "commit_checkpoint",
     "latest_checkpoint", "list_checkpoints",
     "VideoViewSettings", "XKDViewMaker", "released_local_video_settings",
+    "PrepareSettings", "prepare_shards", "ShardClipSource", "load_manifest",
 ]
