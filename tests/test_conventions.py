@@ -354,3 +354,91 @@ def test_torch_export(case, dynamic):
     if not dynamic:
         with pytest.raises(Exception):  # the static program is specialised to batch 2
             exported(_inputs(tester, 3))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PEFT / LoRA
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _lora_classifier(tmp_path, num_labels=3):
+    """A saved tiny video encoder, loaded as a classifier with a fresh head (as fine-tuning starts)."""
+    tester = XKDVideoModelTester(num_labels=num_labels)
+    torch.manual_seed(0)
+    XKDVideoModel(tester.get_config()).save_pretrained(tmp_path / "pretrained")
+    model = XKDForVideoClassification.from_pretrained(tmp_path / "pretrained", num_labels=num_labels,
+                                                      classifier_dropout=0.0)
+    return tester, model
+
+
+def test_lora_trainable_parameters_are_the_adapters_and_the_head(tmp_path):
+    pytest.importorskip("peft", reason="LoRA needs the optional `peft` extra (scripts/setup.sh installs it)")
+    from transformers_xkd.downstream.lora import LoraSettings, apply_lora, count_parameters
+
+    tester, model = _lora_classifier(tmp_path)
+    _, total_before = count_parameters(model)
+    peft_model = apply_lora(model, LoraSettings(rank=4, alpha=8))
+    d, i, r, layers = tester.hidden_size, tester.intermediate_size, 4, tester.num_hidden_layers
+    # r * (in + out) per adapted Linear: qkv (d -> 3d), proj (d -> d), fc1 (d -> i), fc2 (i -> d); head in full
+    per_block = r * (d + 3 * d) + r * (d + d) + r * (d + i) + r * (i + d)
+    head = d * tester.num_labels + tester.num_labels
+    trainable, _ = count_parameters(peft_model)
+    assert trainable == layers * per_block + head == 3171
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or "classifier" in n for n in names)
+    assert not any("projection" in n or "lora_" in n and "layernorm" in n for n in names)
+    assert sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" not in n
+               and "modules_to_save" not in n) == total_before
+
+
+def test_lora_rejects_targets_that_match_nothing(tmp_path):
+    pytest.importorskip("peft", reason="LoRA needs the optional `peft` extra (scripts/setup.sh installs it)")
+    from transformers_xkd.downstream.lora import LoraSettings, apply_lora
+
+    _, model = _lora_classifier(tmp_path)
+    with pytest.raises(ValueError, match=r"\['query'\] match no Linear layer .*'fc1'"):
+        apply_lora(model, LoraSettings(target_modules=("qkv", "query")))
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        LoraSettings(rank=0)
+
+
+def test_lora_training_save_load_and_merge(tmp_path):
+    pytest.importorskip("peft", reason="LoRA needs the optional `peft` extra (scripts/setup.sh installs it)")
+    from transformers import AutoModelForVideoClassification
+
+    from transformers_xkd.downstream.lora import LoraSettings, apply_lora, load_adapter, merge_adapter, save_adapter
+
+    tester, model = _lora_classifier(tmp_path)
+    frozen_qkv = model.video_model.encoder.layer[0].attention.qkv.weight.detach().clone()
+    peft_model = apply_lora(model, LoraSettings(rank=4, alpha=8)).train()
+    x, labels = tester.pixel_values(), tester.labels()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=5e-3)
+    losses = []
+    for _ in range(8):
+        loss = peft_model(pixel_values=x, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    base_qkv = peft_model.get_base_model().video_model.encoder.layer[0].attention.qkv.base_layer.weight
+    torch.testing.assert_close(base_qkv, frozen_qkv, atol=0, rtol=0)  # only the adapters moved
+    peft_model.eval()
+    with torch.no_grad():
+        expected = peft_model(pixel_values=x).logits
+
+    save_adapter(peft_model, tmp_path / "adapter")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / "adapter").iterdir()}
+    reloaded = load_adapter(tmp_path / "adapter")  # the base checkpoint comes from the adapter config
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, expected, atol=0, rtol=0)
+
+    merged = merge_adapter(reloaded, tmp_path / "merged")
+    assert type(merged) is XKDForVideoClassification
+    assert not any("lora" in k or "base_layer" in k or "modules_to_save" in k for k in merged.state_dict())
+    plain = AutoModelForVideoClassification.from_pretrained(tmp_path / "merged").eval()
+    assert type(plain) is XKDForVideoClassification
+    with torch.no_grad():
+        got = plain(x).logits
+    # W + (alpha / r) B A folded once: float32 rounding of a 32-wide sum
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

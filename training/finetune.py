@@ -7,6 +7,8 @@ fsd50k) and save a pipeline-ready classifier folder with a model card.
 
 --set KEY=VALUE overrides a recipe key (lr, layer_decay, mixup, cutmix, label_smoothing, epochs, batch_size,
 test_clips, test_crops, ...); --train-arg KEY=VALUE overrides a TrainingArguments field (max_steps=50, bf16=true).
+--lora trains LoRA adapters (needs the `peft` extra) on the attention and MLP projections (--lora-targets) plus
+the head, saves the adapter in OUTPUT_DIR/adapter and the merged plain classifier in OUTPUT_DIR.
 Exit codes: 0 done, 2 bad arguments or missing files (a report lists them).
 """
 
@@ -31,6 +33,18 @@ def _pairs(items, flag):
     return out
 
 
+def _lora_settings(args):
+    if not args.lora:
+        return None
+    from transformers_xkd.downstream.lora import DEFAULT_LORA_TARGET_MODULES, LoraSettings
+
+    try:
+        return LoraSettings(args.lora_rank, args.lora_alpha, args.lora_dropout,
+                            tuple(args.lora_targets or DEFAULT_LORA_TARGET_MODULES))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrained", required=True, help="XKD folder or Hub id")
@@ -47,12 +61,19 @@ def main(argv=None) -> int:
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     p.add_argument("--base-model", default=None, help="Hub id of the pretrained checkpoint, for the card")
     p.add_argument("--allow-missing", action="store_true")
+    p.add_argument("--lora", action="store_true", help="LoRA adapters instead of full fine-tuning (peft extra)")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lora-targets", nargs="+", default=None, metavar="NAME",
+                   help="module names to adapt (default: qkv proj fc1 fc2)")
     args = p.parse_args(argv)
     try:
         run_finetune(
             args.pretrained, args.dataset, args.data_root, args.output_dir, args.recipe, args.modality,
             args.split_dir, args.split, _pairs(args.overrides, "--set"), _pairs(args.train_args, "--train-arg"),
             args.push_to_hub, args.base_model, args.allow_missing, test_root=args.test_root,
+            lora=_lora_settings(args),
         )
     except (MissingMediaError, SplitFileError) as err:
         print(f"error: {err}", file=sys.stderr)
