@@ -125,11 +125,16 @@ class XKDModelTester:
             "input_values": self.audio_model_tester.input_values(),
         }
 
-    def pretraining_inputs(self, config: XKDConfig, seed=2):
-        """Global and local views of both modalities in the layouts `XKDForPretraining` takes."""
+    def pretraining_inputs(self, config: XKDConfig, seed=2, with_noise=False):
+        """Global and local views of both modalities in the layouts `XKDForPretraining` takes; with `with_noise`,
+        also fixed masking noise, so that the forward is deterministic."""
         g = torch.Generator().manual_seed(seed)
         b, v, a = self.batch_size, config.video_config, config.audio_config
-        return {
+        noise = {}
+        if with_noise:
+            noise = {"video_noise": torch.rand(b, v.num_patches, generator=g),
+                     "audio_noise": torch.rand(b, a.num_patches, generator=g)}
+        return {**noise,
             "pixel_values": torch.randn(b, v.num_frames, 3, v.image_size, v.image_size, generator=g),
             "input_values": torch.randn(b, a.max_length, a.num_mel_bins, generator=g),
             "local_pixel_values": torch.randn(

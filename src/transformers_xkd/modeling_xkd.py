@@ -1259,6 +1259,10 @@ class XKDForPretraining(XKDPreTrainedModel):
         self.post_init()
         self.copy_students_to_teachers()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The video student's patch embedding (the trained one; the teachers are EMA copies)."""
+        return self.video_student.get_input_embeddings()
+
     # --- teachers -------------------------------------------------------------------------------------------
 
     def _teacher_student_pairs(self):
