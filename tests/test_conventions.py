@@ -447,3 +447,41 @@ def test_lora_training_save_load_and_merge(tmp_path):
         got = plain(x).logits
     # W + (alpha / r) B A folded once: float32 rounding of a 32-wide sum
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The shared tower body and tower config: same state-dict keys and config fields as before the refactor
+# ------------------------------------------------------------------------------------------------------------
+
+# Written by the code before the towers shared `_XKDTowerModel` / `_XKDTowerConfig` (one block, tiny sizes).
+_TOWER_KEYS_BEFORE = [
+    "embeddings.cls_token", "embeddings.patch_embeddings.projection.bias",
+    "embeddings.patch_embeddings.projection.weight", "embeddings.position_embeddings",
+    "encoder.layer.0.attention.proj.bias", "encoder.layer.0.attention.proj.weight",
+    "encoder.layer.0.attention.qkv.weight", "encoder.layer.0.layernorm_after.bias",
+    "encoder.layer.0.layernorm_after.weight", "encoder.layer.0.layernorm_before.bias",
+    "encoder.layer.0.layernorm_before.weight", "encoder.layer.0.mlp.fc1.bias", "encoder.layer.0.mlp.fc1.weight",
+    "encoder.layer.0.mlp.fc2.bias", "encoder.layer.0.mlp.fc2.weight", "layernorm.bias", "layernorm.weight",
+]
+_COMMON_CONFIG_KEYS_BEFORE = [
+    "_name_or_path", "architectures", "attention_probs_dropout_prob", "chunk_size_feed_forward",
+    "classifier_dropout", "dtype", "hidden_act", "hidden_dropout_prob", "hidden_size", "id2label",
+    "initializer_range", "intermediate_size", "is_encoder_decoder", "label2id", "layer_norm_eps", "model_type",
+    "num_attention_heads", "num_hidden_layers", "output_attentions", "output_hidden_states", "problem_type",
+    "qkv_bias", "return_dict",
+]
+
+
+@pytest.mark.parametrize("tester_cls", [XKDVideoModelTester, XKDAudioModelTester])
+def test_tower_state_dict_keys_and_config_fields_are_unchanged(tester_cls):
+    tester = tester_cls(num_hidden_layers=1)
+    config = tester.get_config()
+    model = (XKDVideoModel if tester_cls is XKDVideoModelTester else XKDAudioModel)(config)
+    assert sorted(model.state_dict()) == _TOWER_KEYS_BEFORE
+    own = (["image_size", "num_channels", "num_frames", "patch_size", "tubelet_size"]
+           if tester_cls is XKDVideoModelTester else
+           ["frequency_patch_size", "max_length", "num_mel_bins", "time_patch_size"])
+    keys = sorted(k for k in type(config)().to_dict() if k != "transformers_version")
+    assert keys == sorted(_COMMON_CONFIG_KEYS_BEFORE + own)
+    # per-tower defaults that differ stay per tower (released heads: video dropout 0.5, audio none)
+    assert type(config)().classifier_dropout == (0.5 if tester_cls is XKDVideoModelTester else 0.0)
