@@ -273,6 +273,7 @@ def test_input_embeddings_return_a_tensor(cls):
     tokens = embed(x)
     assert isinstance(tokens, torch.Tensor) and tokens.shape[-1] == 32
     assert tokens.shape[1] == math.prod(embed.patch_grid(x))
+    assert embed.weight is embed.projection.weight  # generic code reads get_input_embeddings().weight
 
 
 @pytest.mark.parametrize("use_reentrant", [True, False])

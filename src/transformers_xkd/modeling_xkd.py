@@ -334,6 +334,12 @@ class XKDVideoPatchEmbeddings(nn.Module):
         kernel = (config.tubelet_size, config.patch_size, config.patch_size)
         self.projection = nn.Conv3d(config.num_channels, config.hidden_size, kernel_size=kernel, stride=kernel)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The projection weight, for generic code that reads `get_input_embeddings().weight` (dtype, device,
+        gradient checks)."""
+        return self.projection.weight
+
     def patch_grid(self, pixel_values: torch.Tensor) -> tuple[int, int, int]:
         """(time, height, width) patch grid of a `(B, T, C, H, W)` input."""
         _, t, _, h, w = pixel_values.shape
@@ -370,6 +376,12 @@ class XKDAudioPatchEmbeddings(nn.Module):
         self.config = config
         kernel = (config.frequency_patch_size, config.time_patch_size)
         self.projection = nn.Conv2d(1, config.hidden_size, kernel_size=kernel, stride=kernel)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The projection weight, for generic code that reads `get_input_embeddings().weight` (dtype, device,
+        gradient checks)."""
+        return self.projection.weight
 
     def patch_grid(self, input_values: torch.Tensor) -> tuple[int, int]:
         """(frequency, time) patch grid of a `(B, time, mel)` input."""
