@@ -177,7 +177,7 @@ def test_late_fusion_concatenates_l2_normalised_features(clips, checkpoint):
     pv, iv = torch.randn(2, 8, 3, 32, 32), torch.randn(2, 64, 16)
     with torch.no_grad():
         torch.testing.assert_close(
-            late_fusion(model.get_video_features(pv), model.get_audio_features(iv)),
+            late_fusion(model.get_video_features(pv).pooler_output, model.get_audio_features(iv).pooler_output),
             model.get_audio_visual_features(pv, iv),
         )
     # and through extraction on real files: each half unit-norm, equal to the normalised single-modality features
