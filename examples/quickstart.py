@@ -83,8 +83,8 @@ def features(model_dir: str, clip: str) -> None:
     processor = XKDProcessor.from_pretrained(model_dir)
     inputs = processor(clip, return_tensors="pt")
     with torch.no_grad():
-        video = model.get_video_features(inputs["pixel_values"])
-        audio = model.get_audio_features(inputs["input_values"])
+        video = model.get_video_features(inputs["pixel_values"]).pooler_output
+        audio = model.get_audio_features(inputs["input_values"]).pooler_output
         fused = model.get_audio_visual_features(inputs["pixel_values"], inputs["input_values"])
     print(f"clip: {clip}")
     print(f"  pixel_values {tuple(inputs['pixel_values'].shape)} -> video feature {tuple(video.shape)}: "

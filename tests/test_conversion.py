@@ -383,8 +383,8 @@ def test_converted_features_match_reference_forward(tmp_path, variant, capsys):
     with torch.no_grad():
         got_v = model.video_model(pixel_values=pixel_values).pooler_output
         got_a = model.audio_model(input_values=input_values).pooler_output
-        feat_v = model.get_video_features(pixel_values)
-        feat_a = model.get_audio_features(input_values)
+        feat_v = model.get_video_features(pixel_values).pooler_output
+        feat_a = model.get_audio_features(input_values).pooler_output
         ref_v = reference_features(video, patchify_video(pixel_values, vcfg.tubelet_size, vcfg.patch_size),
                                    vcfg.num_attention_heads)
         ref_a = reference_features(audio, patchify_audio(input_values, acfg.frequency_patch_size,

@@ -177,7 +177,7 @@ def test_late_fusion_concatenates_l2_normalised_features(clips, checkpoint):
     pv, iv = torch.randn(2, 8, 3, 32, 32), torch.randn(2, 64, 16)
     with torch.no_grad():
         torch.testing.assert_close(
-            late_fusion(model.get_video_features(pv), model.get_audio_features(iv)),
+            late_fusion(model.get_video_features(pv).pooler_output, model.get_audio_features(iv).pooler_output),
             model.get_audio_visual_features(pv, iv),
         )
     # and through extraction on real files: each half unit-norm, equal to the normalised single-modality features
@@ -490,3 +490,32 @@ def test_real_spoken_digits_end_to_end(real_media, tmp_path):
     # random tiny encoder, 10 classes: the features must still carry the digit identity above chance
     assert sweep.best_top1 > 10.0
     assert sweep.top1_per_cost[sweep.best_cost] == max(sweep.top1_per_cost.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def test_finetune_cli_lora_saves_adapter_and_a_merged_pipeline_folder(clips, checkpoint, tmp_path):
+    pytest.importorskip("peft", reason="LoRA needs the optional `peft` extra (scripts/setup.sh installs it)")
+    from transformers import pipeline
+
+    from transformers_xkd.downstream.lora import load_adapter
+
+    out_dir = tmp_path / "lora"
+    rc = _run_cli("finetune", [
+        "--pretrained", str(checkpoint), "--dataset", "folder", "--data-root", str(clips), "--modality", "video",
+        "--output-dir", str(out_dir), "--lora", "--lora-rank", "2", "--lora-alpha", "4",
+        "--set", "batch_size=6", "epochs=1", "warmup_epochs=0", "mixup=0.0", "cutmix=0.0", "test_clips=1",
+        "test_crops=1",
+        "--train-arg", "max_steps=2", "eval_strategy=no", "save_strategy=no", "use_cpu=true",
+    ])
+    assert rc == 0
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (out_dir / "adapter").iterdir()}
+    assert {"config.json", "model.safetensors", "video_preprocessor_config.json", "README.md"} <= {
+        p.name for p in out_dir.iterdir()}
+    merged = XKDForVideoClassification.from_pretrained(out_dir).eval()
+    assert not any("lora" in k for k in merged.state_dict())
+    adapter = load_adapter(out_dir / "adapter")
+    x = torch.randn(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x).logits, adapter(pixel_values=x).logits, atol=1e-5, rtol=1e-5)
+    clf = pipeline("video-classification", model=str(out_dir))
+    assert {p["label"] for p in clf(str(clips / "test" / "red" / "red0.mp4"))} == {"red", "blue"}

@@ -180,7 +180,7 @@ def test_video_encoder_matches_independent_reference(tiny_video_config):
 def test_audio_tokens_are_frequency_major(tiny_audio_config):
     model = XKDAudioModel(tiny_audio_config).eval().double()  # float64: exactness, not CPU rounding
     x = audio_input(tiny_audio_config).double()
-    tokens, grid = model.embeddings.patch_embeddings(x)
+    tokens, grid = model.embeddings.patch_embeddings(x), model.embeddings.patch_embeddings.patch_grid(x)
     assert grid == tiny_audio_config.grid_size  # (freq, time)
     conv = model.embeddings.patch_embeddings.projection
     manual = patchify_audio(x, 4, 16) @ conv.weight.reshape(32, -1).T + conv.bias
@@ -203,7 +203,7 @@ def test_matmul_patch_embedding_equals_the_convolution(tiny_video_config, tiny_a
         embed = XKDAudioModel(tiny_audio_config).embeddings.patch_embeddings
         x = audio_input(tiny_audio_config)
     embed.double()
-    fast, fast_grid = embed(x.double())
+    fast, fast_grid = embed(x.double()), embed.patch_grid(x.double())
     ref, ref_grid = embed.conv_forward(x.double())
     assert tuple(fast_grid) == tuple(ref_grid)
     torch.testing.assert_close(fast, ref, atol=1e-10, rtol=0)
@@ -211,7 +211,7 @@ def test_matmul_patch_embedding_equals_the_convolution(tiny_video_config, tiny_a
     (grad_ref,) = torch.autograd.grad(ref.square().sum(), embed.projection.weight)
     torch.testing.assert_close(grad_fast, grad_ref, atol=1e-9, rtol=1e-10)
     with torch.no_grad():  # bf16: same map, bf16 rounding only
-        fast16, _ = embed.to(torch.bfloat16)(x.to(torch.bfloat16))
+        fast16 = embed.to(torch.bfloat16)(x.to(torch.bfloat16))
         ref16, _ = embed.conv_forward(x.to(torch.bfloat16))
     torch.testing.assert_close(fast16.float(), ref16.float(), atol=5e-2, rtol=5e-2)
 
@@ -417,8 +417,8 @@ def test_xkd_model_late_fusion_features():
     pv, iv = video_input(v_cfg), audio_input(a_cfg)
     fused = model.get_audio_visual_features(pv, iv)
     assert fused.shape == (2, 64)
-    torch.testing.assert_close(fused[:, :32], F.normalize(model.get_video_features(pv), dim=-1))
-    torch.testing.assert_close(fused[:, 32:], F.normalize(model.get_audio_features(iv), dim=-1))
+    torch.testing.assert_close(fused[:, :32], F.normalize(model.get_video_features(pv).pooler_output, dim=-1))
+    torch.testing.assert_close(fused[:, 32:], F.normalize(model.get_audio_features(iv).pooler_output, dim=-1))
     torch.testing.assert_close(fused.norm(dim=-1), torch.full((2,), math.sqrt(2.0)))
     with pytest.raises(ValueError, match="needs `pixel_values`, `input_values` or both"):
         model()
@@ -469,8 +469,10 @@ def test_towers_load_from_an_xkd_model_folder(tmp_path):
     audio = XKDAudioModel.from_pretrained(tmp_path).eval()
     pv, iv = video_input(v_cfg), audio_input(a_cfg)
     with torch.no_grad():
-        torch.testing.assert_close(video(pv).pooler_output, model.get_video_features(pv), atol=0, rtol=0)
-        torch.testing.assert_close(audio(iv).pooler_output, model.get_audio_features(iv), atol=0, rtol=0)
+        torch.testing.assert_close(video(pv).pooler_output, model.get_video_features(pv).pooler_output, atol=0,
+                                   rtol=0)
+        torch.testing.assert_close(audio(iv).pooler_output, model.get_audio_features(iv).pooler_output, atol=0,
+                                   rtol=0)
     classifier = XKDForVideoClassification.from_pretrained(tmp_path, num_labels=3)
     for key, value in model.video_model.state_dict().items():
         torch.testing.assert_close(classifier.video_model.state_dict()[key], value, atol=0, rtol=0)
@@ -504,7 +506,7 @@ def test_pretraining_round_trip_and_teacher_towers(tmp_path, variant):
         audio = XKDAudioModel.from_pretrained(tmp_path).eval()
         torch.testing.assert_close(audio(iv).pooler_output, model.audio_model(iv).pooler_output, atol=0, rtol=0)
         exported = model.export_teachers().eval()
-        torch.testing.assert_close(exported.get_video_features(pv), model.video_model(pv).pooler_output)
+        torch.testing.assert_close(exported.get_video_features(pv).pooler_output, model.video_model(pv).pooler_output)
 
 
 # ------------------------------------------------------------------------------------------------------------

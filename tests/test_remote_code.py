@@ -29,7 +29,7 @@ LOADER = textwrap.dedent(
         x = torch.randn(1, video_cfg.num_frames, 3, video_cfg.image_size, video_cfg.image_size)
         with torch.no_grad():
             if kind == "model":
-                y = model.get_video_features(x)
+                y = model.get_video_features(x).pooler_output
             elif kind == "pretraining":
                 y = model.video_model(x).pooler_output
             else:
@@ -56,7 +56,7 @@ def _build(kind):
 def _video_output(kind, model, x):
     with torch.no_grad():
         if kind == "model":
-            return model.get_video_features(x)
+            return model.get_video_features(x).pooler_output
         if kind == "pretraining":
             return model.video_model(x).pooler_output
         return model(x).logits

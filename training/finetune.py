@@ -11,6 +11,8 @@ Repeated --set / --train-arg flags add up; a key given twice with different valu
 the wrong type is refused before any data is read.
 Exit codes: 0 done, 2 bad arguments, missing or undecodable files (a report lists them), a checkpoint folder
 without config.json, or a training split with fewer than two classes.
+--lora trains LoRA adapters (needs the `peft` extra) on the attention and MLP projections (--lora-targets) plus
+the head, saves the adapter in OUTPUT_DIR/adapter and the merged plain classifier in OUTPUT_DIR.
 """
 
 import argparse
@@ -37,7 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     p.add_argument("--base-model", default=None, help="Hub id of the pretrained checkpoint, for the card")
     p.add_argument("--allow-missing", action="store_true")
+    p.add_argument("--lora", action="store_true", help="LoRA adapters instead of full fine-tuning (peft extra)")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lora-targets", nargs="+", default=None, metavar="NAME",
+                   help="module names to adapt (default: qkv proj fc1 fc2)")
     return p
+
+
+def lora_settings(args):
+    """The --lora* flags as a LoraSettings (None without --lora); a bad value raises ValueError (exit 2)."""
+    if not args.lora:
+        return None
+    from transformers_xkd.downstream.lora import DEFAULT_LORA_TARGET_MODULES, LoraSettings
+
+    return LoraSettings(args.lora_rank, args.lora_alpha, args.lora_dropout,
+                        tuple(args.lora_targets or DEFAULT_LORA_TARGET_MODULES))
 
 
 def fail(err: Exception, script: str) -> int:
@@ -55,7 +73,7 @@ def main(argv=None) -> int:
             args.pretrained, args.dataset, args.data_root, args.output_dir, args.recipe, args.modality,
             args.split_dir, args.split, parse_key_values(args.overrides, "--set"),
             parse_key_values(args.train_args, "--train-arg"), args.push_to_hub, args.base_model, args.allow_missing,
-            test_root=args.test_root,
+            test_root=args.test_root, lora=lora_settings(args),
         )
     except (ValueError, OSError) as err:  # DownstreamUsageError, MissingMediaError, SplitFileError, decoding
         return fail(err, "training/finetune.py")

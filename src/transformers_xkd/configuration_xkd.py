@@ -57,7 +57,42 @@ def _check_heads(config, hidden_name, heads_name):
 
 
 @strict
-class XKDVideoConfig(PreTrainedConfig):
+class _XKDTowerConfig(PreTrainedConfig):
+    r"""The fields both tower configs share: the ViT encoder (defaults = the released ViT-B).
+
+    Args:
+        hidden_size (`int`, defaults to 768): width of the encoder.
+        num_hidden_layers (`int`, defaults to 12): transformer blocks.
+        num_attention_heads (`int`, defaults to 12): attention heads per block.
+        intermediate_size (`int`, defaults to 3072): MLP width (mlp ratio 4).
+        hidden_act (`str`, defaults to `"gelu"`): exact (erf) GELU as released.
+        layer_norm_eps (`float`, defaults to 1e-5): PyTorch's default, used by the released code everywhere
+            (not timm's 1e-6 nor transformers' 1e-12).
+        qkv_bias (`bool`, defaults to `False`): the released blocks have no qkv bias.
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout after attention projection and MLP.
+        attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on attention probabilities.
+        initializer_range (`float`, defaults to 0.02): std of the CLS/position-embedding initialisation.
+    """
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        _check_positive(self, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        _check_heads(self, "hidden_size", "num_attention_heads")
+
+
+@strict
+class XKDVideoConfig(_XKDTowerConfig):
     r"""Configuration of the XKD video encoder (`XKDVideoModel`) and its classification head.
 
     A ViT over 3-D "tubelets": a clip of `num_frames` x `image_size` x `image_size` is cut into
@@ -71,17 +106,9 @@ class XKDVideoConfig(PreTrainedConfig):
         num_channels (`int`, defaults to 3): RGB.
         tubelet_size (`int`, defaults to 4): frames per patch.
         patch_size (`int`, defaults to 16): pixels per patch side.
-        hidden_size (`int`, defaults to 768): width of the encoder.
-        num_hidden_layers (`int`, defaults to 12): transformer blocks.
-        num_attention_heads (`int`, defaults to 12): attention heads per block.
-        intermediate_size (`int`, defaults to 3072): MLP width (mlp ratio 4).
-        hidden_act (`str`, defaults to `"gelu"`): exact (erf) GELU as released.
-        layer_norm_eps (`float`, defaults to 1e-5): PyTorch's default, used by the released code everywhere
-            (not timm's 1e-6 nor transformers' 1e-12).
-        qkv_bias (`bool`, defaults to `False`): the released blocks have no qkv bias.
-        hidden_dropout_prob (`float`, defaults to 0.0): dropout after attention projection and MLP.
-        attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on attention probabilities.
-        initializer_range (`float`, defaults to 0.02): std of the CLS/position-embedding initialisation.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act, layer_norm_eps,
+        qkv_bias, hidden_dropout_prob, attention_probs_dropout_prob, initializer_range: the encoder, shared with
+            `XKDAudioConfig` (see `_XKDTowerConfig`; defaults = the released ViT-B).
         classifier_dropout (`float`, defaults to 0.5): dropout before the classification layer of
             `XKDForVideoClassification` (the released fine-tuning `Classifier`).
     """
@@ -94,26 +121,12 @@ class XKDVideoConfig(PreTrainedConfig):
     num_channels: int = 3
     tubelet_size: int = 4
     patch_size: int = 16
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-5
-    qkv_bias: bool = False
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-    initializer_range: float = 0.02
     classifier_dropout: float = 0.5
 
     def __post_init__(self, **kwargs):
         _refuse_misspelled_keywords(self, kwargs)
         super().__post_init__(**kwargs)
-        _check_positive(
-            self, "image_size", "num_frames", "num_channels", "tubelet_size", "patch_size", "hidden_size",
-            "num_hidden_layers", "num_attention_heads", "intermediate_size",
-        )
-        _check_heads(self, "hidden_size", "num_attention_heads")
+        _check_positive(self, "image_size", "num_frames", "num_channels", "tubelet_size", "patch_size")
         if self.num_frames % self.tubelet_size != 0:
             raise ValueError(
                 f"XKDVideoConfig.num_frames={self.num_frames} is not divisible by tubelet_size={self.tubelet_size}."
@@ -141,7 +154,7 @@ class XKDVideoConfig(PreTrainedConfig):
 
 
 @strict
-class XKDAudioConfig(PreTrainedConfig):
+class XKDAudioConfig(_XKDTowerConfig):
     r"""Configuration of the XKD audio encoder (`XKDAudioModel`) and its classification head.
 
     A ViT over a log-mel spectrogram of `num_mel_bins` x `max_length` frames cut into
@@ -156,7 +169,8 @@ class XKDAudioConfig(PreTrainedConfig):
         frequency_patch_size (`int`, defaults to 4): mel bins per patch.
         time_patch_size (`int`, defaults to 16): frames per patch.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act, layer_norm_eps,
-        qkv_bias, hidden_dropout_prob, attention_probs_dropout_prob, initializer_range: as in `XKDVideoConfig`.
+        qkv_bias, hidden_dropout_prob, attention_probs_dropout_prob, initializer_range: the encoder, shared with
+            `XKDVideoConfig` (see `_XKDTowerConfig`).
         classifier_dropout (`float`, defaults to 0.0): dropout before the classification layer of
             `XKDForAudioClassification` (the released audio head is a plain linear layer; FSD50K used 0.3).
     """
@@ -168,26 +182,12 @@ class XKDAudioConfig(PreTrainedConfig):
     max_length: int = 448
     frequency_patch_size: int = 4
     time_patch_size: int = 16
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-5
-    qkv_bias: bool = False
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-    initializer_range: float = 0.02
     classifier_dropout: float = 0.0
 
     def __post_init__(self, **kwargs):
         _refuse_misspelled_keywords(self, kwargs)
         super().__post_init__(**kwargs)
-        _check_positive(
-            self, "num_mel_bins", "max_length", "frequency_patch_size", "time_patch_size", "hidden_size",
-            "num_hidden_layers", "num_attention_heads", "intermediate_size",
-        )
-        _check_heads(self, "hidden_size", "num_attention_heads")
+        _check_positive(self, "num_mel_bins", "max_length", "frequency_patch_size", "time_patch_size")
         if self.num_mel_bins % self.frequency_patch_size != 0:
             raise ValueError(
                 f"XKDAudioConfig.num_mel_bins={self.num_mel_bins} is not divisible by "

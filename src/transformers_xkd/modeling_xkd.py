@@ -23,9 +23,14 @@ from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+    SequenceClassifierOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils import logging as hf_logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
@@ -45,6 +50,7 @@ __all__ = [
     "XKDAudioPreTrainedModel",
     "XKDPreTrainedModel",
     "XKDModelOutput",
+    "XKDOutput",
     "XKDForPretrainingOutput",
     "random_masking",
     "patchify_video",
@@ -403,15 +409,27 @@ class XKDVideoPatchEmbeddings(nn.Module):
         kernel = (config.tubelet_size, config.patch_size, config.patch_size)
         self.projection = nn.Conv3d(config.num_channels, config.hidden_size, kernel_size=kernel, stride=kernel)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    @property
+    def weight(self) -> torch.Tensor:
+        """The projection weight, for generic code that reads `get_input_embeddings().weight` (dtype, device,
+        gradient checks)."""
+        return self.projection.weight
+
+    def patch_grid(self, pixel_values: torch.Tensor) -> tuple[int, int, int]:
+        """(time, height, width) patch grid of a `(B, T, C, H, W)` input."""
+        _, t, _, h, w = pixel_values.shape
+        return (t // self.config.tubelet_size, h // self.config.patch_size, w // self.config.patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # A tensor (not a tuple) so that `enable_input_require_grads` and PEFT's hooks on the input embeddings work.
         b, t, c, h, w = pixel_values.shape
         pt, p = self.config.tubelet_size, self.config.patch_size
-        grid = (t // pt, h // p, w // p)
+        grid = self.patch_grid(pixel_values)
         # (B, nt, pt, C, nh, p, nw, p) -> (B, nt, nh, nw, C, pt, p, p): the conv weight's (c, pt, ph, pw) order
         x = pixel_values.reshape(b, grid[0], pt, c, grid[1], p, grid[2], p).permute(0, 1, 4, 6, 3, 2, 5, 7)
         x = x.reshape(b, grid[0] * grid[1] * grid[2], c * pt * p * p)
         weight = self.projection.weight.reshape(self.projection.out_channels, -1)
-        return F.linear(x, weight, self.projection.bias), grid
+        return F.linear(x, weight, self.projection.bias)
 
     def conv_forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Reference path: the Conv3d itself. (B, T, C, H, W) -> (B, C, T, H, W) -> (B, D, t, h, w) -> tokens."""
@@ -434,13 +452,23 @@ class XKDAudioPatchEmbeddings(nn.Module):
         kernel = (config.frequency_patch_size, config.time_patch_size)
         self.projection = nn.Conv2d(1, config.hidden_size, kernel_size=kernel, stride=kernel)
 
-    def forward(self, input_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    @property
+    def weight(self) -> torch.Tensor:
+        """The projection weight, for generic code that reads `get_input_embeddings().weight` (dtype, device,
+        gradient checks)."""
+        return self.projection.weight
+
+    def patch_grid(self, input_values: torch.Tensor) -> tuple[int, int]:
+        """(frequency, time) patch grid of a `(B, time, mel)` input."""
+        return (input_values.shape[2] // self.config.frequency_patch_size,
+                input_values.shape[1] // self.config.time_patch_size)
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         fp, tp = self.config.frequency_patch_size, self.config.time_patch_size
-        grid = (input_values.shape[2] // fp, input_values.shape[1] // tp)
         # patchify_audio's per-patch order (fp, tp) is the Conv2d weight's (1, fp, tp) order
         x = patchify_audio(input_values, fp, tp)
         weight = self.projection.weight.reshape(self.projection.out_channels, -1)
-        return F.linear(x, weight, self.projection.bias), grid
+        return F.linear(x, weight, self.projection.bias)
 
     def conv_forward(self, input_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Reference path: (B, time, mel) -> (B, 1, mel, time) -> Conv2d (B, D, f, t) -> (B, f*t, D)."""
@@ -472,7 +500,7 @@ class _XKDEmbeddingsBase(nn.Module):
         noise: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = True,
     ):
-        tokens, grid = self.patch_embeddings(inputs)
+        tokens, grid = self.patch_embeddings(inputs), self.patch_embeddings.patch_grid(inputs)
         if tuple(grid) != tuple(self.config.grid_size) and not interpolate_pos_encoding:
             raise ValueError(
                 f"input gives a patch grid {tuple(grid)} but the model was trained on {tuple(self.config.grid_size)}; "
@@ -851,33 +879,48 @@ class XKDAudioPreTrainedModel(_XKDLoudLoadingMixin, _XKDInitMixin, PreTrainedMod
     _can_record_outputs = {"hidden_states": XKDLayer, "attentions": XKDAttention}
 
 
-def _encode(model, inputs, mask_ratio, noise, interpolate_pos_encoding, output_cls_attention, kwargs):
-    hidden_states, mask, ids_restore = model.embeddings(
-        inputs, mask_ratio=mask_ratio, noise=noise, interpolate_pos_encoding=interpolate_pos_encoding
-    )
-    hidden_states, cls_attention = model.encoder(hidden_states, output_cls_attention=output_cls_attention, **kwargs)
-    hidden_states = model.layernorm(hidden_states)
-    return XKDModelOutput(
-        last_hidden_state=hidden_states,
-        pooler_output=hidden_states[:, 1:].mean(dim=1),
-        mask=mask,
-        ids_restore=ids_restore,
-        cls_attention=None if cls_attention is None else cls_attention[..., 1:],
-    )
+class _XKDTowerModel:
+    """The body both encoders share: embeddings (patch tokens, positions, optional masking, CLS), the block stack,
+    the final LayerNorm; `pooler_output` is the mean of the patch tokens (CLS excluded), the paper's feature.
 
+    A mixin placed before the tower's `PreTrainedModel` base, so that each tower keeps its own config class,
+    `base_model_prefix` and input name; the submodule names (and so the state-dict keys) are the same for both.
+    """
 
-class XKDVideoModel(XKDVideoPreTrainedModel):
-    """The XKD video encoder: tubelet embedding, CLS, learned positions, pre-norm blocks, final LayerNorm."""
+    embeddings_class: type[nn.Module]
 
-    def __init__(self, config: XKDVideoConfig):
+    def __init__(self, config):
         super().__init__(config)
-        self.embeddings = XKDVideoEmbeddings(config)
+        self.embeddings = self.embeddings_class(config)
         self.encoder = XKDEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def get_input_embeddings(self):
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (a module returning a tensor, as `enable_input_require_grads` and PEFT expect)."""
         return self.embeddings.patch_embeddings
+
+    def _encode(self, inputs, mask_ratio, noise, interpolate_pos_encoding, output_cls_attention, kwargs):
+        hidden_states, mask, ids_restore = self.embeddings(
+            inputs, mask_ratio=mask_ratio, noise=noise, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        hidden_states, cls_attention = self.encoder(
+            hidden_states, output_cls_attention=output_cls_attention, **kwargs
+        )
+        hidden_states = self.layernorm(hidden_states)
+        return XKDModelOutput(
+            last_hidden_state=hidden_states,
+            pooler_output=hidden_states[:, 1:].mean(dim=1),
+            mask=mask,
+            ids_restore=ids_restore,
+            cls_attention=None if cls_attention is None else cls_attention[..., 1:],
+        )
+
+
+class XKDVideoModel(_XKDTowerModel, XKDVideoPreTrainedModel):
+    """The XKD video encoder: tubelet embedding, CLS, learned positions, pre-norm blocks, final LayerNorm."""
+
+    embeddings_class = XKDVideoEmbeddings
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -888,7 +931,7 @@ class XKDVideoModel(XKDVideoPreTrainedModel):
         mask_ratio: float | None = None,
         noise: torch.Tensor | None = None,
         output_cls_attention: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> XKDModelOutput:
         r"""
         Args:
@@ -899,27 +942,19 @@ class XKDVideoModel(XKDVideoPreTrainedModel):
             mask_ratio (`float`, *optional*): drop this fraction of tubelets (MAE masking, used in pretraining).
             noise (`torch.FloatTensor` of shape `(batch, num_patches)`, *optional*): masking noise.
             output_cls_attention (`bool`): also return the last block's CLS-to-patch attention `(B, heads, N)`.
-            output_hidden_states, output_attentions: as everywhere in transformers.
+            output_hidden_states, output_attentions, return_dict: as everywhere in transformers.
 
         Returns: `XKDModelOutput` with `pooler_output` `(batch, hidden)` = the paper's video feature.
         """
         _check_video_input(pixel_values, self.config)
         pixel_values = _to_model_dtype("pixel_values", pixel_values, self.embeddings.patch_embeddings.projection.weight)
-        return _encode(self, pixel_values, mask_ratio, noise, interpolate_pos_encoding, output_cls_attention, kwargs)
+        return self._encode(pixel_values, mask_ratio, noise, interpolate_pos_encoding, output_cls_attention, kwargs)
 
 
-class XKDAudioModel(XKDAudioPreTrainedModel):
+class XKDAudioModel(_XKDTowerModel, XKDAudioPreTrainedModel):
     """The XKD audio encoder over log-mel spectrograms (frequency-major patch tokens)."""
 
-    def __init__(self, config: XKDAudioConfig):
-        super().__init__(config)
-        self.embeddings = XKDAudioEmbeddings(config)
-        self.encoder = XKDEncoder(config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.post_init()
-
-    def get_input_embeddings(self):
-        return self.embeddings.patch_embeddings
+    embeddings_class = XKDAudioEmbeddings
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -930,7 +965,7 @@ class XKDAudioModel(XKDAudioPreTrainedModel):
         mask_ratio: float | None = None,
         noise: torch.Tensor | None = None,
         output_cls_attention: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> XKDModelOutput:
         r"""
         Args:
@@ -942,7 +977,7 @@ class XKDAudioModel(XKDAudioPreTrainedModel):
         """
         _check_audio_input(input_values, self.config)
         input_values = _to_model_dtype("input_values", input_values, self.embeddings.patch_embeddings.projection.weight)
-        return _encode(self, input_values, mask_ratio, noise, interpolate_pos_encoding, output_cls_attention, kwargs)
+        return self._encode(input_values, mask_ratio, noise, interpolate_pos_encoding, output_cls_attention, kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -974,7 +1009,7 @@ class XKDForVideoClassification(XKDVideoPreTrainedModel):
     @can_return_tuple
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = True, **kwargs,
+        interpolate_pos_encoding: bool = True, **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput:
         r"""
         Args:
@@ -1018,7 +1053,7 @@ class XKDForAudioClassification(XKDAudioPreTrainedModel):
     @can_return_tuple
     def forward(
         self, input_values: torch.Tensor, labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = True, **kwargs,
+        interpolate_pos_encoding: bool = True, **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutput:
         r"""
         Args:
@@ -1353,6 +1388,44 @@ class XKDPreTrainedModel(_XKDLoudLoadingMixin, _XKDInitMixin, PreTrainedModel):
     _supports_attention_backend = True
 
 
+@dataclass
+class XKDOutput(ModelOutput):
+    """Output of `XKDModel.forward`, laid out as CLIP's and CLAP's: tensors first, the per-tower outputs last, so
+    that `outputs[0]` is a tensor and `to_tuple()` flattens. Fields of a tower that got no input are `None` (and
+    left out of tuples and of `keys()`).
+
+    Args:
+        video_embeds (`torch.FloatTensor` of shape `(batch, video hidden)`): the video feature (pooled patch tokens).
+        audio_embeds (`torch.FloatTensor` of shape `(batch, audio hidden)`): the audio feature.
+        audio_visual_embeds (`torch.FloatTensor` of shape `(batch, video hidden + audio hidden)`, *optional*): the
+            late fusion (each feature L2-normalised, then concatenated), only when both inputs are given.
+        video_model_output (`XKDModelOutput`): the video tower's full output.
+        audio_model_output (`XKDModelOutput`): the audio tower's full output.
+    """
+
+    video_embeds: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    audio_visual_embeds: torch.FloatTensor | None = None
+    video_model_output: XKDModelOutput | None = None
+    audio_model_output: XKDModelOutput | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+def _as_features_output(tower_output: XKDModelOutput) -> BaseModelOutputWithPooling:
+    return BaseModelOutputWithPooling(
+        last_hidden_state=tower_output.last_hidden_state,
+        pooler_output=tower_output.pooler_output,
+        hidden_states=tower_output.hidden_states,
+        attentions=tower_output.attentions,
+    )
+
+
+def _late_fusion(video_embeds: torch.Tensor, audio_embeds: torch.Tensor) -> torch.Tensor:
+    return torch.cat([F.normalize(video_embeds, dim=-1), F.normalize(audio_embeds, dim=-1)], dim=-1)
+
+
 class XKDModel(XKDPreTrainedModel):
     """Both encoders. In a converted release these are the EMA teachers, which the paper evaluates."""
 
@@ -1366,38 +1439,65 @@ class XKDModel(XKDPreTrainedModel):
         self.audio_model = XKDAudioModel(config.audio_config)
         self.post_init()
 
-    def get_video_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        """`(B, T, 3, H, W)` -> `(B, hidden)`: mean of the normalised patch tokens."""
-        return self.video_model(pixel_values, **kwargs).pooler_output
-
-    def get_audio_features(self, input_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        """`(B, time, mel)` -> `(B, hidden)`."""
-        return self.audio_model(input_values, **kwargs).pooler_output
-
-    def get_audio_visual_features(self, pixel_values: torch.Tensor, input_values: torch.Tensor) -> torch.Tensor:
-        """Late fusion (Kinetics-Sound protocol): each feature L2-normalised, then concatenated, `(B, 2 * hidden)`."""
-        _check_same_batch(pixel_values=pixel_values, input_values=input_values)
-        video = F.normalize(self.get_video_features(pixel_values), dim=-1)
-        audio = F.normalize(self.get_audio_features(input_values), dim=-1)
-        return torch.cat([video, audio], dim=-1)
+    def get_input_embeddings(self) -> nn.Module:
+        """The video patch embedding (the main input's); the audio one is `audio_model.get_input_embeddings()`."""
+        return self.video_model.get_input_embeddings()
 
     @can_return_tuple
-    def forward(self, pixel_values: torch.Tensor | None = None, input_values: torch.Tensor | None = None, **kwargs):
-        """Runs whichever towers get an input; returns `{"video": XKDModelOutput, "audio": XKDModelOutput}`."""
+    def get_video_features(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """`(B, T, 3, H, W)` -> `BaseModelOutputWithPooling` whose `pooler_output` `(B, hidden)` is the video
+        feature (mean of the normalised patch tokens); `last_hidden_state`, and `hidden_states` / `attentions`
+        when asked (`output_hidden_states`, `output_attentions`), are the video tower's. A tuple with
+        `return_dict=False`."""
+        return _as_features_output(self.video_model(pixel_values, return_dict=True, **kwargs))
+
+    @can_return_tuple
+    def get_audio_features(
+        self, input_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """`(B, time, mel)` -> `BaseModelOutputWithPooling` with the audio feature `(B, hidden)` in
+        `pooler_output` (as `get_video_features`)."""
+        return _as_features_output(self.audio_model(input_values, return_dict=True, **kwargs))
+
+    def get_audio_visual_features(self, pixel_values: torch.Tensor, input_values: torch.Tensor) -> torch.Tensor:
+        """Late fusion (Kinetics-Sound protocol): each feature L2-normalised, then concatenated, `(B, 2 * hidden)`.
+
+        Returns the fused tensor itself (not an output object): it is not the output of one encoder, so there are
+        no hidden states to go with it; `forward` with both inputs gives it as `audio_visual_embeds` next to both
+        towers' outputs.
+        """
+        _check_same_batch(pixel_values=pixel_values, input_values=input_values)
+        video = self.get_video_features(pixel_values, return_dict=True).pooler_output
+        audio = self.get_audio_features(input_values, return_dict=True).pooler_output
+        return _late_fusion(video, audio)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_values: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> XKDOutput:
+        """Runs whichever towers get an input (`kwargs` such as `output_hidden_states` go to both).
+
+        Returns: `XKDOutput`: `video_embeds`, `audio_embeds`, `audio_visual_embeds` (both inputs only), then
+        `video_model_output`, `audio_model_output`.
+        """
         if pixel_values is None and input_values is None:
             raise ValueError("XKDModel needs `pixel_values`, `input_values` or both.")
-        return XKDTowersOutput(
-            video=None if pixel_values is None else self.video_model(pixel_values, **kwargs),
-            audio=None if input_values is None else self.audio_model(input_values, **kwargs),
+        _check_same_batch(pixel_values=pixel_values, input_values=input_values)
+        video = None if pixel_values is None else self.video_model(pixel_values, return_dict=True, **kwargs)
+        audio = None if input_values is None else self.audio_model(input_values, return_dict=True, **kwargs)
+        return XKDOutput(
+            video_embeds=None if video is None else video.pooler_output,
+            audio_embeds=None if audio is None else audio.pooler_output,
+            audio_visual_embeds=None if video is None or audio is None else _late_fusion(
+                video.pooler_output, audio.pooler_output),
+            video_model_output=video,
+            audio_model_output=audio,
         )
-
-
-@dataclass
-class XKDTowersOutput(ModelOutput):
-    """Output of `XKDModel.forward`: one `XKDModelOutput` per tower that received an input."""
-
-    video: XKDModelOutput | None = None
-    audio: XKDModelOutput | None = None
 
 
 def _as_views(views, name: str) -> list[torch.Tensor]:
@@ -1443,6 +1543,10 @@ class XKDForPretraining(XKDPreTrainedModel):
             config.projector_output_size, config.center_momentum)
         self.post_init()
         self.copy_students_to_teachers()
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The video student's patch embedding (the trained one; the teachers are EMA copies)."""
+        return self.video_student.get_input_embeddings()
 
     # --- teachers -------------------------------------------------------------------------------------------
 

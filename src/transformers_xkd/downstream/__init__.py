@@ -3,7 +3,8 @@
 Modules: :mod:`.datasets` (labelled folders, UCF101 / HMDB51 / ESC-50 split lists, missing-file reports),
 :mod:`.features` (clip sampling, late fusion, cached feature extraction), :mod:`.svm` (released cost sweeps),
 :mod:`.probe` (FC probe, mAP), :mod:`.finetune` (layer-wise LR decay, batched augmentation, multi-view testing),
-:mod:`.hub` (model cards with measured results, pushes), :mod:`.metrics` (offline top-k / mAP).
+:mod:`.hub` (model cards with measured results, pushes), :mod:`.metrics` (offline top-k / mAP),
+:mod:`.lora` (LoRA fine-tuning with PEFT: apply, save/load adapter, merge into a plain folder).
 """
 
 from .datasets import (
@@ -18,6 +19,7 @@ from .datasets import (
     load_ucf101,
 )
 from .features import LINEAR_EVAL_PROTOCOLS, ClipProtocol, FeatureSet, extract_features, late_fusion, load_backbone
+from .lora import LoraSettings, apply_lora, load_adapter, merge_adapter, save_adapter
 from .metrics import average_by_video, mean_average_precision, top_k_accuracy
 from .probe import PROBE_RECIPES, train_linear_probe
 from .svm import SVM_COST_SWEEPS, SVMSweepResult, svm_sweep
@@ -27,4 +29,5 @@ __all__ = [
     "load_hmdb51", "load_split", "load_ucf101", "LINEAR_EVAL_PROTOCOLS", "ClipProtocol", "FeatureSet",
     "extract_features", "late_fusion", "load_backbone", "average_by_video", "mean_average_precision",
     "top_k_accuracy", "PROBE_RECIPES", "train_linear_probe", "SVM_COST_SWEEPS", "SVMSweepResult", "svm_sweep",
+    "LoraSettings", "apply_lora", "save_adapter", "load_adapter", "merge_adapter",
 ]

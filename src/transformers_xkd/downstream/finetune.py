@@ -510,6 +510,7 @@ def finetune(
     test_views: bool = True,
     seed: int = 0,
     evaluate_before: bool = False,
+    lora=None,
 ) -> FinetuneOutput:
     """Fine-tune ``pretrained`` on a labelled dataset with a released recipe, save a pipeline-ready folder.
 
@@ -522,6 +523,9 @@ def finetune(
         training_overrides: `TrainingArguments` fields to override (e.g. ``max_steps`` for a smoke run).
         test_views: run :func:`multi_view_predict` on ``eval_dataset`` after training.
         evaluate_before: also evaluate before training (``initial_eval_metrics``), e.g. to show the loss drops.
+        lora: a :class:`.lora.LoraSettings` to train LoRA adapters (and the head) instead of every weight. The
+            recipe's layer decay is then not applied (one learning rate, as usual for LoRA); the adapter is saved
+            in ``output_dir/adapter`` and the merged plain classifier in ``output_dir``.
 
     Returns:
         :class:`FinetuneOutput` (Trainer, per-step training losses, Trainer eval metrics, multi-view metrics).
@@ -540,6 +544,10 @@ def finetune(
     if recipe.get("classifier_dropout") is not None:
         overrides["classifier_dropout"] = recipe["classifier_dropout"]
     model = load_classifier(pretrained, modality, class_names, multi_label, **overrides)
+    if lora is not None:
+        from .lora import apply_lora
+
+        model = apply_lora(model, lora)
     if modality == "video":
         from ..video_processing_xkd import XKDVideoProcessor
 
@@ -588,7 +596,7 @@ def finetune(
         eval_dataset=eval_ds,
         processing_class=processor,
         compute_metrics=make_compute_metrics(multi_label),
-        layer_decay=recipe.get("layer_decay"),
+        layer_decay=None if lora is not None else recipe.get("layer_decay"),
         batch_augment=BatchAugment(augment, mix),
         multi_label=multi_label,
     )
@@ -596,11 +604,20 @@ def finetune(
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     eval_metrics = trainer.evaluate()
-    trainer.save_model(str(output_dir))  # model + processing_class (the processor) -> pipeline-ready folder
+    final_model = trainer.model
+    if lora is not None:
+        from pathlib import Path
+
+        from .lora import merge_adapter, save_adapter
+
+        save_adapter(trainer.model, Path(output_dir) / "adapter")
+        final_model = merge_adapter(trainer.model, output_dir, processor)  # plain, pipeline-ready folder
+    else:
+        trainer.save_model(str(output_dir))  # model + processing_class (the processor) -> pipeline-ready folder
     processor.save_pretrained(str(output_dir))
     test_metrics = {}
     if test_views:
-        scores, labels = multi_view_predict(trainer.model, eval_dataset, video_processor, feature_extractor,
+        scores, labels = multi_view_predict(final_model, eval_dataset, video_processor, feature_extractor,
                                             recipe["test_clips"], recipe["test_crops"], device=trainer.args.device)
         test_metrics = classification_metrics(scores, labels, multi_label)
     return FinetuneOutput(trainer, losses, initial, eval_metrics, test_metrics, str(output_dir))

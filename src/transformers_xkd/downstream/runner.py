@@ -364,8 +364,11 @@ def run_finetune(
     base_model: str | None = None,
     allow_missing: bool = False,
     test_root=None,
+    lora=None,
 ) -> dict:
-    """Fine-tune with a released recipe, save a pipeline-ready folder with a card, optionally push it."""
+    """Fine-tune with a released recipe, save a pipeline-ready folder with a card, optionally push it.
+
+    ``lora`` (a :class:`.lora.LoraSettings`) trains LoRA adapters instead of every weight (see `finetune`)."""
     from .finetune import FINETUNE_RECIPES, finetune
 
     recipe_name = recipe or (dataset if dataset in FINETUNE_RECIPES else "ucf101")
@@ -385,7 +388,7 @@ def run_finetune(
     check_decodable(train_ds, modality, "train")
     check_decodable(test_ds, modality, "test")
     vp, fe = load_processors(pretrained, modality == "video", modality == "audio")
-    out = finetune(pretrained, train_ds, test_ds, output_dir, rec, vp, fe, training_overrides)
+    out = finetune(pretrained, train_ds, test_ds, output_dir, rec, vp, fe, training_overrides, lora=lora)
     metrics = out.test_metrics or {k.replace("eval_", ""): v for k, v in out.eval_metrics.items()}
     multi = bool(rec.get("multi_label"))
     views = f"{rec['test_clips']} clips x {rec['test_crops']} crops" if out.test_metrics else "1 clip"
@@ -400,6 +403,10 @@ def run_finetune(
     details = {k: v for k, v in rec.items() if k not in ("modality",)}
     if training_overrides:
         details.update({f"override {k}": v for k, v in training_overrides.items()})
+    if lora is not None:
+        from .lora import lora_settings_dict
+
+        details.update({f"lora {k}": v for k, v in lora_settings_dict(lora).items()})
     summary = {"recipe": recipe_name, "train_loss": out.train_loss, "eval": out.eval_metrics,
                "test": out.test_metrics}
     (Path(output_dir) / "finetune_results.json").write_text(json.dumps(summary, indent=2, default=float))
