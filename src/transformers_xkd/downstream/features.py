@@ -22,6 +22,7 @@ not extract again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -88,18 +89,13 @@ class ClipProtocol:
             raise ValueError(f"train_clips and test_clips must be >= 1, got {self.train_clips}, {self.test_clips}")
 
     def clip_spec(self, video_processor=None, feature_extractor=None) -> ClipSpec:
-        """The clip (``clips_xkd.ClipSpec``) of this protocol with these processors: their clip length (which must
-        agree for ``audio_visual``), frame rate and sampling rate."""
+        """The clip window (``clips_xkd.ClipSpec``) of this protocol with these processors: their frame rate and
+        sampling rate, and the longer of their clip lengths. With both modalities each takes its own length from
+        the same start (:func:`sample_clips`); the released protocols use equal lengths."""
         vp, fe = video_processor, feature_extractor
         if self.needs_video and vp is None or self.needs_audio and fe is None:
             raise ValueError(f"modality {self.modality!r} needs a video processor and/or a feature extractor")
-        durations = {round(p.clip_duration, 9) for p in (vp, fe) if p is not None}
-        if len(durations) > 1:
-            raise ValueError(
-                f"the video clip ({vp.clip_duration:g} s) and the audio clip ({fe.clip_duration:g} s) must have the "
-                "same length for audio-visual clips"
-            )
-        duration = vp.clip_duration if vp is not None else fe.clip_duration
+        duration = max(p.clip_duration for p in (vp, fe) if p is not None)
         return ClipSpec(duration, vp.fps if vp is not None else 8.0, fe.sampling_rate if fe is not None else 16000)
 
     @property
@@ -296,6 +292,9 @@ def sample_clips(
         require_video=protocol.needs_video, require_audio=protocol.needs_audio,
     )
     pixel_values = input_values = None
+    if protocol.needs_video and clips.frames.shape[1] > vp.num_frames:  # the audio clip is the longer one
+        clips = dataclasses.replace(clips, frames=clips.frames[:, : vp.num_frames],
+                                    spec=ClipSpec(vp.clip_duration, vp.fps, spec.sampling_rate))
     if protocol.needs_video:
         if train and protocol.train_augment:
             # shorter side to the processor's resize, then the random crop picks the final size
@@ -311,7 +310,7 @@ def sample_clips(
             x = vp(clips)["pixel_values"][0]
             pixel_values = x.reshape(n, vp.num_frames, *x.shape[-3:])
     if protocol.needs_audio:
-        windows = clips.waveforms
+        windows = clips.waveforms[:, : fe.num_samples]  # the video clip may be the longer one
         if train and protocol.train_augment and protocol.volume_jitter > 0:
             gains = rng.uniform(1 - protocol.volume_jitter, 1 + protocol.volume_jitter, size=(n, 1))
             windows = (windows * gains).astype(np.float32)
