@@ -164,3 +164,155 @@ def test_collapse_monitor_warns_when_one_dimension_dominates():
     assert records[-1]["video_teacher_batch_entropy"] < 0.01
     assert len(warnings) == 1 and "dominant collapse" in warnings[0][1], warnings
     assert "center_momentum" in warnings[0][1] and "teacher_temperature" in warnings[0][1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# AV-digits
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _decode(path):
+    from transformers_xkd.decoding_xkd import decode_media
+
+    return decode_media(path, fps=8, sampling_rate=16000, require_video=True, require_audio=True)
+
+
+@pytest.mark.parametrize("sound", ["auto", "synthetic"])
+def test_avdigits_is_deterministic_per_seed_and_decodable(tmp_path, sound):
+    import json
+
+    import numpy as np
+
+    from transformers_xkd.pretraining.avdigits import AVDigitsSpec, make_avdigits
+
+    spec = AVDigitsSpec(num_train=10, num_test=10, seed=3, sound=sound)
+    first = make_avdigits(str(tmp_path / "a"), spec)
+    second = make_avdigits(str(tmp_path / "b"), spec)
+    other = make_avdigits(str(tmp_path / "c"), AVDigitsSpec(num_train=10, num_test=10, seed=4, sound=sound))
+    assert first["clips"] == second["clips"]
+    assert first["clips"] != other["clips"]
+    assert json.load(open(tmp_path / "a" / "manifest.json"))["clips"] == first["clips"]
+    for clip in first["clips"][:3] + first["clips"][-2:]:
+        a, b = _decode(str(tmp_path / "a" / clip["path"])), _decode(str(tmp_path / "b" / clip["path"]))
+        assert a.frames.shape == (spec.num_frames, spec.frame_size, spec.frame_size, 3)
+        assert abs(len(a.audio) - spec.num_samples) <= 1024 and a.num_padded_samples == 0
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+        assert float(np.abs(a.audio).max()) > 0.05  # there is sound
+    c = _decode(str(tmp_path / "c" / other["clips"][0]["path"]))
+    assert not np.array_equal(c.frames, _decode(str(tmp_path / "a" / first["clips"][0]["path"])).frames)
+    # the split: different digit images and disjoint voices; balanced labels; the folder layout of load_folder
+    train = [c for c in first["clips"] if c["split"] == "train"]
+    test = [c for c in first["clips"] if c["split"] == "test"]
+    assert not {c["image_index"] for c in train} & {c["image_index"] for c in test}
+    assert not {c["voice"] for c in train} & {c["voice"] for c in test}
+    assert sorted(c["label"] for c in train) == list(range(10))
+    assert all(c["path"].startswith(f"{c['split']}/{c['label']}/") for c in first["clips"])
+    assert first["sound"] in ("espeak", "synthetic") and (sound == "auto" or first["sound"] == "synthetic")
+
+
+def test_avdigits_rejects_bad_specs():
+    from transformers_xkd.pretraining.avdigits import AVDigitsSpec
+
+    with pytest.raises(ValueError, match="at least 10 clips"):
+        AVDigitsSpec(num_train=5)
+    with pytest.raises(ValueError, match="disjoint"):
+        AVDigitsSpec(train_voices=("en-us+m1",), test_voices=("en-us+m1",))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The benchmark's smoke mode, the reconstruction picture and the training-log picture (one small run)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_benchmark(tmp_path_factory):
+    from transformers_xkd.pretraining.learning_benchmark import run_learning_benchmark, write_results
+
+    root = tmp_path_factory.mktemp("learning")
+    results = run_learning_benchmark(str(root / "work"), "smoke", seeds=(0,), workers=1, progress=False)
+    paths = write_results(results, str(root / "results" / "learning-smoke"))
+    return root, results, paths
+
+
+def _png_size(path):
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_benchmark_smoke_writes_every_field_and_both_pictures(smoke_benchmark):
+    import json
+
+    root, results, paths = smoke_benchmark
+    data = json.load(open(paths["json"]))
+    for key in ("benchmark", "scale", "machine", "torch", "seeds", "objectives", "data", "recipe", "config_example",
+                "seconds", "arms", "summary"):
+        assert key in data, key
+    assert {a["objective"] for a in data["arms"]} == {"mae", "mae+kd", "xkd"}
+    for arm in data["arms"]:
+        for key in ("seed", "steps", "train_seconds", "probe_seconds", "seconds_per_step", "probes", "final_log",
+                    "warnings", "monitors", "train_clips", "test_clips"):
+            assert key in arm, key
+        assert arm["steps"] == 2 and [p["step"] for p in arm["probes"]] == [0, 2]
+        for probe in arm["probes"]:
+            for modality in ("video", "audio", "fusion"):
+                assert 0.0 <= probe[modality]["fc_top1"] <= 100.0 and "svm_top1" in probe[modality]
+        logged = set(arm["final_log"])
+        if arm["objective"] == "mae":  # logs only what it computes
+            assert "distillation_loss" not in logged and "video_teacher_entropy" not in logged
+        else:
+            assert "video_teacher_spread" in logged and "distillation_loss" in logged
+            assert ("alignment_loss" in logged) == (arm["objective"] == "xkd")
+    assert set(data["summary"]) == {"random", "mae", "mae+kd", "xkd"}
+    assert set(data["summary"]["xkd"]) == {"video", "audio", "fusion"}
+    table = open(paths["md"]).read()
+    assert "| random init |" in table and "| XKD (MAE + KD + DA) |" in table and data["machine"] in table
+    for key in ("steps_png", "monitors_png"):
+        width, height = _png_size(paths[key])
+        assert width > 300 and height > 200
+
+
+def test_reconstruction_picture_has_the_expected_size_and_panels(smoke_benchmark, tmp_path):
+    import numpy as np
+
+    from transformers_xkd import XKDForPretraining
+    from transformers_xkd.pretraining.visualize import reconstruction_arrays, reconstruction_figure
+
+    root, results, _ = smoke_benchmark
+    model_dir = str(root / "work" / "runs" / "xkd-seed0" / "pretraining")
+    clip = str(root / "work" / "avdigits" / "test" / "3" / "test_00003.mp4")
+    out = reconstruction_figure(model_dir, clip, str(tmp_path / "rec.png"))
+    model = XKDForPretraining.from_pretrained(model_dir)
+    frames = model.config.video_config.num_frames
+    assert _png_size(out["path"]) == out["size"]
+    assert out["size"] == (int(round(max(frames * 1.2, 6.0) * 100)), int(round((3 * 1.2 + 3 * 1.1 + 0.6) * 100)))
+    assert out["panels"] == ([f"video_{row}_{k}" for row in ("original", "masked", "reconstruction")
+                              for k in range(frames)] + ["audio_original", "audio_masked", "audio_reconstruction"])
+    # the arrays behind the panels: masked patches are exactly the model's mask ratio, the visible ones are the
+    # original, and the reconstruction differs from the original only where patches were masked
+    torch.manual_seed(0)
+    v, a = model.config.video_config, model.config.audio_config
+    pv = torch.rand(1, v.num_frames, 3, v.image_size, v.image_size)
+    iv = torch.randn(1, a.max_length, a.num_mel_bins)
+    arrays = reconstruction_arrays(model, pv, iv, seed=1, image_mean=(0, 0, 0), image_std=(1, 1, 1))
+    assert np.allclose(arrays["video_original"], pv[0].permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    masked_fraction = np.isnan(arrays["video_masked"]).mean()
+    assert masked_fraction == pytest.approx(arrays["video_mask"].mean()) and 0 < masked_fraction < 1
+    visible = ~np.isnan(arrays["audio_masked"])
+    assert np.allclose(arrays["audio_reconstruction"][visible], arrays["audio_original"][visible])
+    assert not np.allclose(arrays["audio_reconstruction"][~visible], arrays["audio_original"][~visible])
+
+
+def test_training_log_picture(smoke_benchmark, tmp_path):
+    from transformers_xkd.pretraining.visualize import plot_training_log
+
+    root, _, _ = smoke_benchmark
+    out = plot_training_log(str(root / "work" / "runs" / "xkd-seed0"), str(tmp_path / "log.png"))
+    assert out["panels"] == ["losses", "teacher_entropy", "teacher_batch_entropy", "teacher_spread",
+                             "teacher_student_kl"] and out["steps"] == 2
+    assert _png_size(out["path"]) == (2000, 340)
+    with pytest.raises(FileNotFoundError, match="train_log.jsonl"):
+        plot_training_log(str(tmp_path), str(tmp_path / "none.png"))
