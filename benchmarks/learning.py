@@ -40,18 +40,40 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="arms trained in parallel (one thread each)")
     parser.add_argument("--work-dir", default=None, help="data and runs (default: outputs/learning-<scale>)")
     parser.add_argument("--data-dir", default=None, help="an AV-digits folder to reuse (made when missing)")
+    parser.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="an XKDConfig field for every arm (repeatable), e.g. video_teacher_temperature=0.04")
+    parser.add_argument("--tag", default="", help="suffix of the results' file names (a recipe variant)")
+    parser.add_argument("--reprobe", default=None, metavar="RESULTS_JSON",
+                        help="probe the checkpoints of a finished benchmark again (needs its --work-dir)")
     parser.add_argument("--output-prefix", default=None,
                         help="results prefix (default: benchmarks/results/learning-<scale>-<machine>)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")  # the arms' own bars; the benchmark shows one over arms
+    from transformers_xkd.pretraining.config import parse_overrides
+
+    model_overrides = parse_overrides(args.model_set) if args.model_set else None
     seeds = args.seeds or ([0] if args.scale == "smoke" else [0, 1, 2])
     work = args.work_dir or os.path.join("outputs", f"learning-{args.scale}")
+    if args.reprobe:
+        import json
+
+        from transformers_xkd.pretraining.learning_benchmark import reprobe_results
+
+        with open(args.reprobe) as f:
+            previous = json.load(f)
+        work = args.work_dir or os.path.join("outputs", f"learning-{previous['scale']}")
+        data_root = args.data_dir or os.path.join(work, "avdigits")
+        results = reprobe_results(previous, work, data_root)
+        prefix = args.output_prefix or args.reprobe[: -len(".json")]
+        paths = write_results(results, prefix)
+        print(open(paths["md"]).read())
+        return 0
     results = run_learning_benchmark(work, args.scale, seeds=seeds, objectives=args.objectives,
                                      workers=args.workers, data_root=args.data_dir, steps=args.steps,
-                                     progress=False)
+                                     progress=False, model_overrides=model_overrides)
     prefix = args.output_prefix or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",
-        f"learning-{args.scale}-{_slug(machine_description())}")
+        f"learning-{args.scale}-{_slug(machine_description())}" + (f"-{args.tag}" if args.tag else ""))
     paths = write_results(results, prefix)
     with open(paths["md"]) as f:
         print(f.read())

@@ -254,7 +254,7 @@ def test_benchmark_smoke_writes_every_field_and_both_pictures(smoke_benchmark):
     assert {a["objective"] for a in data["arms"]} == {"mae", "mae+kd", "xkd"}
     for arm in data["arms"]:
         for key in ("seed", "steps", "train_seconds", "probe_seconds", "seconds_per_step", "probes", "final_log",
-                    "warnings", "monitors", "train_clips", "test_clips"):
+                    "warnings", "monitors", "train_clips", "test_clips", "raw_inputs"):
             assert key in arm, key
         assert arm["steps"] == 2 and [p["step"] for p in arm["probes"]] == [0, 2]
         for probe in arm["probes"]:
@@ -266,10 +266,11 @@ def test_benchmark_smoke_writes_every_field_and_both_pictures(smoke_benchmark):
         else:
             assert "video_teacher_spread" in logged and "distillation_loss" in logged
             assert ("alignment_loss" in logged) == (arm["objective"] == "xkd")
-    assert set(data["summary"]) == {"random", "mae", "mae+kd", "xkd"}
+    assert set(data["summary"]) == {"raw", "random", "mae", "mae+kd", "xkd"}
+    assert set(data["summary"]["mae"]["audio"]) == {"fc_top1", "fc_raw_top1", "svm_top1"}
     assert set(data["summary"]["xkd"]) == {"video", "audio", "fusion"}
     table = open(paths["md"]).read()
-    assert "| random init |" in table and "| XKD (MAE + KD + DA) |" in table and data["machine"] in table
+    assert "| random init |" in table and "| raw inputs" in table and "| XKD (MAE + KD + DA) |" in table and data["machine"] in table
     for key in ("steps_png", "monitors_png"):
         width, height = _png_size(paths[key])
         assert width > 300 and height > 200
@@ -316,3 +317,11 @@ def test_training_log_picture(smoke_benchmark, tmp_path):
     assert _png_size(out["path"]) == (2000, 340)
     with pytest.raises(FileNotFoundError, match="train_log.jsonl"):
         plot_training_log(str(tmp_path), str(tmp_path / "none.png"))
+
+
+def test_benchmark_reprobe_gives_the_same_numbers(smoke_benchmark):
+    from transformers_xkd.pretraining.learning_benchmark import reprobe_results
+
+    root, results, _ = smoke_benchmark
+    again = reprobe_results(results, str(root / "work"), str(root / "work" / "avdigits"))
+    assert again["summary"] == results["summary"]  # deterministic features and probes

@@ -455,7 +455,9 @@ def run_pretraining(
     os.makedirs(output_dir, exist_ok=True)
     accelerator = build_accelerator(config, output_dir)
     is_main = accelerator.is_main_process
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
+    # XKD_LOG_LEVEL=WARNING keeps a run to its progress bar and warnings (the Quickstart's quiet mode)
+    level = os.environ.get("XKD_LOG_LEVEL", "INFO").upper() if is_main else "WARNING"
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seed, train_cfg, data_cfg, log_cfg = int(config["seed"]), config["train"], config["data"], config["log"]
     world, rank = accelerator.num_processes, accelerator.process_index
