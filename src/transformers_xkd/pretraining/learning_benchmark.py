@@ -37,7 +37,8 @@ import torch
 from .avdigits import AVDigitsSpec, make_avdigits
 
 __all__ = ["OBJECTIVES", "SCALES", "BenchmarkScale", "benchmark_config", "pretrain_and_probe",
-           "run_learning_benchmark", "reprobe_results", "summarise", "write_results"]
+           "run_learning_benchmark", "reprobe_results", "decode_labelled_split", "encode_features", "probe_features",
+           "initial_or_checkpoint_model", "raw_input_features", "probe_arm", "summarise", "write_results"]
 
 OBJECTIVES = ("mae", "mae+kd", "xkd")
 OBJECTIVE_NAMES = {"raw": "raw inputs (pixels / log-mel)", "random": "random init", "mae": "MAE only (no KD, no DA)", "mae+kd": "MAE + KD (no DA)",
@@ -82,6 +83,10 @@ SCALES = {
     "cpu": BenchmarkScale(
         name="cpu", data=AVDigitsSpec(num_train=600, num_test=200, seed=0), hidden_size=64, num_layers=3,
         num_heads=4, projector_output_size=256, steps=300, batch_size=32, probe_points=3,
+    ),
+    "quickstart": BenchmarkScale(
+        name="quickstart", data=AVDigitsSpec(num_train=200, num_test=100, seed=0), hidden_size=32, num_layers=2,
+        num_heads=2, projector_output_size=64, steps=200, batch_size=16, probe_points=1, train_clips=1,
     ),
     "gpu": BenchmarkScale(
         name="gpu", data=AVDigitsSpec(num_train=5000, num_test=1000, seed=0, frame_size=72, digit_size=32,
@@ -575,3 +580,10 @@ def write_results(results: dict, prefix: str) -> dict:
     plot_probe_curves(results, paths["steps_png"])
     plot_monitors(results, paths["monitors_png"])
     return paths
+
+
+# Public names of the steps above, for scripts (examples/quickstart.py) that probe a run of their own.
+decode_labelled_split = _decode_split
+encode_features = _features
+probe_features = _probe
+initial_or_checkpoint_model = _load_checkpoint_model
