@@ -12,7 +12,8 @@ VENV=${XKD_VENV:-.venv}
 OUT=${XKD_QUICKSTART_DIR:-outputs/quickstart}
 rm -rf "$OUT/run"
 if [ "${XKD_VERBOSE:-0}" != "1" ]; then
-  export XKD_LOG_LEVEL=WARNING HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error
+  export XKD_LOG_LEVEL=WARNING HF_HUB_DISABLE_PROGRESS_BARS=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 \
+    TRANSFORMERS_VERBOSITY=error
 fi
 "$VENV/bin/python" examples/quickstart.py make-data "$OUT/avdigits"
 ACCELERATE_USE_CPU=${ACCELERATE_USE_CPU:-true} "$VENV/bin/accelerate" launch --num_processes 1 --num_machines 1 \
