@@ -1,5 +1,7 @@
 """Helpers of scripts/quickstart.sh.
 
+    python examples/quickstart.py make-data DIR       # a small AV-digits set (labelled train/test mp4 clips)
+    python examples/quickstart.py evaluate RUN DATA   # linear probes (pretrained vs random init) + pictures
     python examples/quickstart.py make-clips DIR      # demo clips: the shared media when present, else synthetic
     python examples/quickstart.py features MODEL CLIP # load an exported XKDModel and print the features of a clip
 """
@@ -94,6 +96,56 @@ def features(model_dir: str, clip: str) -> None:
     print(f"  audio-visual (L2-normalised late fusion) {tuple(fused.shape)}, norm {fused.norm().item():.4f}")
 
 
+def make_data(out_dir: str) -> None:
+    from transformers_xkd.pretraining.avdigits import make_avdigits
+    from transformers_xkd.pretraining.learning_benchmark import SCALES
+
+    spec = SCALES["quickstart"].data
+    manifest = make_avdigits(out_dir, spec, workers=2)
+    print(f"AV-digits: {spec.num_train} train / {spec.num_test} test clips in {out_dir} "
+          f"(sound: {'espeak-ng speech' if manifest['sound'] == 'espeak' else 'synthetic tone pairs'})")
+
+
+def evaluate(run_dir: str, data_dir: str) -> None:
+    """FC probes (z-scored frozen features, fixed recipe) of the exported teachers next to the same network at
+    its random initialisation, then the reconstruction picture and the training-log picture."""
+    import json
+
+    from transformers import AutoModel
+
+    import transformers_xkd  # noqa: F401  (registers the Auto classes)
+    from transformers_xkd.pretraining.config import build_model_config
+    from transformers_xkd.pretraining.learning_benchmark import (
+        decode_labelled_split, encode_features, initial_or_checkpoint_model, probe_features,
+    )
+    from transformers_xkd.pretraining.visualize import plot_training_log, reconstruction_figure
+
+    with open(os.path.join(run_dir, "pretraining_config.json")) as f:
+        config = json.load(f)
+    seed = int(config["seed"])
+    teachers_dir = os.path.join(run_dir, "teachers")
+    train = decode_labelled_split(data_dir, "train", teachers_dir, 1, seed)
+    test = decode_labelled_split(data_dir, "test", teachers_dir, 1, seed)
+    rows = {
+        "random init": initial_or_checkpoint_model(build_model_config(config), None, seed),
+        "XKD pretrained": AutoModel.from_pretrained(teachers_dir).eval(),
+    }
+    print(f"linear probe (FC on frozen features), test top-1 % over {len(test[2])} clips of unseen digit images "
+          f"and voices; chance 10")
+    print(f"  {'':16s} {'video':>7s} {'audio':>7s} {'video+audio':>12s}")
+    for name, model in rows.items():
+        tr, te = encode_features(model, train[0], train[1]), encode_features(model, test[0], test[1])
+        probes = probe_features(tr, te, train[2], test[2], train[3], test[3], seed)
+        print(f"  {name:16s} {probes['video']['fc_top1']:7.1f} {probes['audio']['fc_top1']:7.1f} "
+              f"{probes['fusion']['fc_top1']:12.1f}")
+    clip = sorted(pathlib.Path(data_dir, "test").rglob("*.mp4"))[0]
+    out = pathlib.Path(run_dir).parent
+    picture = reconstruction_figure(os.path.join(run_dir, "pretraining"), str(clip), str(out / "reconstruction.png"))
+    curves = plot_training_log(run_dir, str(out / "training_log.png"))
+    print(f"reconstruction picture: {picture['path']}")
+    print(f"loss curves and collapse monitors: {curves['path']}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,9 +153,17 @@ def main(argv=None) -> int:
     f = sub.add_parser("features")
     f.add_argument("model_dir")
     f.add_argument("clip")
+    sub.add_parser("make-data").add_argument("out_dir")
+    e = sub.add_parser("evaluate")
+    e.add_argument("run_dir")
+    e.add_argument("data_dir")
     args = parser.parse_args(argv)
     if args.command == "make-clips":
         make_clips(args.out_dir)
+    elif args.command == "make-data":
+        make_data(args.out_dir)
+    elif args.command == "evaluate":
+        evaluate(args.run_dir, args.data_dir)
     else:
         features(args.model_dir, args.clip)
     return 0

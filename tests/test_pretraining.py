@@ -152,15 +152,17 @@ def test_collapse_warning_after_patience():
     from transformers_xkd.pretraining.trainer import CollapseMonitor
 
     monitor = CollapseMonitor(output_size=8192, patience=3, entropy_fraction=0.02, kl_threshold=1e-4)
-    healthy = {"video_teacher_entropy": 5.0, "audio_teacher_entropy": 5.0, "video_teacher_student_kl": 0.5,
-               "audio_teacher_student_kl": 0.5}
-    collapsed = dict(healthy, video_teacher_entropy=1e-3)
+    healthy = {"video_teacher_entropy": 5.0, "audio_teacher_entropy": 5.0, "video_teacher_batch_entropy": 8.0,
+               "audio_teacher_batch_entropy": 8.0, "video_teacher_spread": 0.5, "audio_teacher_spread": 0.5}
+    collapsed = dict(healthy, video_teacher_batch_entropy=1e-3)
     assert [monitor.check(v) for v in (collapsed, collapsed, healthy, collapsed, collapsed)] == [None] * 5
     warning = monitor.check(collapsed)  # third in a row
-    assert warning and "possible collapse" in warning and "video_teacher_entropy" in warning
-    uniform = dict(healthy, audio_teacher_student_kl=0.0)
+    assert warning and "dominant collapse" in warning and "video_teacher_batch_entropy" in warning
+    assert monitor.check(collapsed) is None  # warned once
+    # the KL is no longer a collapse sign (it cannot reach 0 with the affine-free LayerNorm)
     monitor = CollapseMonitor(output_size=8192, patience=1, entropy_fraction=0.02, kl_threshold=1e-4)
-    assert "audio_teacher_student_kl" in monitor.check(uniform)
+    assert monitor.check(dict(healthy, audio_teacher_student_kl=0.0)) is None
+    assert "audio_teacher_spread" in monitor.check(dict(healthy, audio_teacher_spread=0.01))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -14,11 +14,13 @@ from typing import ClassVar
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
-__all__ = ["XKDVideoConfig", "XKDAudioConfig", "XKDConfig", "XKD_VARIANTS"]
+__all__ = ["XKDVideoConfig", "XKDAudioConfig", "XKDConfig", "XKD_VARIANTS", "XKD_OBJECTIVES"]
 
 XKD_VARIANTS = ("xkd", "xkd-mas", "xkd-mats")
 _TEACHER_VIEWS = ("local", "global")
 _REFINE_MODES = ("mean", "softmax", "none")
+# The paper's Table 1 rows: the audio-visual MAE baseline, + cross-modal KD, + domain alignment (full XKD).
+XKD_OBJECTIVES = ("xkd", "mae+kd", "mae")
 
 
 def _refuse_misspelled_keywords(config, kwargs: dict) -> None:
@@ -264,6 +266,16 @@ class XKDConfig(PreTrainedConfig):
         ema_shared_teacher_blocks_twice (`bool`, defaults to `True`): in XKD-MATS the released code updates the
             shared teacher blocks once per modality, i.e. with momentum m^2 per step; `False` updates them once.
         initializer_range (`float`, defaults to 0.02).
+        objective (`str`, defaults to `"xkd"`): which terms of Eq. 12 the pretraining forward computes, the rows of
+            the paper's Table 1. `"xkd"`: reconstruction + domain alignment + distillation (the method).
+            `"mae+kd"`: reconstruction + distillation, no MMD is computed (the "w/o domain alignment" row).
+            `"mae"`: reconstruction only, the audio-visual MAE baseline: the projector heads, the teacher forward,
+            the local-view student passes, the refinement, the MMD and the center update are all skipped (the
+            student heads are frozen, so they take no optimizer state), and the output's distillation / alignment /
+            monitor fields are None. In every objective the teachers still follow the students by EMA, so the
+            towers a probe evaluates (the teachers) are comparable across rows. With `normalize_loss_weights`,
+            the total is divided by the sum of the weights of the terms that are computed. Not part of the
+            released code, which reaches the MAE row only by zero weights (and still pays for every branch).
     """
 
     model_type = "xkd"
@@ -308,6 +320,7 @@ class XKDConfig(PreTrainedConfig):
     local_max_length: int = 112
     ema_shared_teacher_blocks_twice: bool = True
     initializer_range: float = 0.02
+    objective: str = "xkd"
 
     def __post_init__(self, **kwargs):
         _refuse_misspelled_keywords(self, kwargs)
@@ -323,6 +336,8 @@ class XKDConfig(PreTrainedConfig):
             raise ValueError(f"XKDConfig.teacher_view must be one of {_TEACHER_VIEWS}, got {self.teacher_view!r}.")
         if self.refine_mode not in _REFINE_MODES:
             raise ValueError(f"XKDConfig.refine_mode must be one of {_REFINE_MODES}, got {self.refine_mode!r}.")
+        if self.objective not in XKD_OBJECTIVES:
+            raise ValueError(f"XKDConfig.objective must be one of {XKD_OBJECTIVES}, got {self.objective!r}.")
         _check_positive(
             self, "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
             "decoder_intermediate_size", "projector_hidden_size", "projector_bottleneck_size",

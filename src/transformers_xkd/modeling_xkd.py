@@ -63,6 +63,7 @@ __all__ = [
     "XKDCrossModalDistillationLoss",
     "combine_losses",
     "ema_update",
+    "teacher_collapse_statistics",
 ]
 
 
@@ -121,6 +122,12 @@ class XKDForPretrainingOutput(ModelOutput):
             (collapse monitor: it falls to 0 when both collapse to the same output).
         video_mask, audio_mask (`(batch, num_patches)`): 1 where a patch was masked.
         video_reconstruction (`(batch, num_patches, patch_dim)`), audio_reconstruction: decoder outputs.
+        video_teacher_batch_entropy, audio_teacher_batch_entropy: entropy of the batch-mean teacher distribution
+            (collapse monitor: near 0 when one dimension dominates for every sample; near log K, together with a
+            per-sample entropy near log K, when the teacher outputs the uniform distribution).
+        video_teacher_spread, audio_teacher_spread: standard deviation across the batch of the teacher head's
+            outputs, averaged over dimensions (collapse monitor: near 0 when the teacher outputs one constant).
+        Fields of terms that `config.objective` does not compute are None.
     """
 
     loss: torch.FloatTensor | None = None
@@ -141,6 +148,10 @@ class XKDForPretrainingOutput(ModelOutput):
     audio_mask: torch.FloatTensor | None = None
     video_reconstruction: torch.FloatTensor | None = None
     audio_reconstruction: torch.FloatTensor | None = None
+    video_teacher_batch_entropy: torch.FloatTensor | None = None
+    audio_teacher_batch_entropy: torch.FloatTensor | None = None
+    video_teacher_spread: torch.FloatTensor | None = None
+    audio_teacher_spread: torch.FloatTensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1509,6 +1520,25 @@ def _as_views(views, name: str) -> list[torch.Tensor]:
     raise ValueError(f"`{name}` must be a tensor with a view dimension at index 1 or a non-empty list of tensors.")
 
 
+@torch.no_grad()
+def teacher_collapse_statistics(
+    teacher_logits: torch.Tensor, center: torch.Tensor, teacher_temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantities that see both DINO collapse modes of a teacher head (`(B, K)` outputs, `(1, K)` center).
+
+    Returns (entropy of the batch-mean distribution mean_b softmax((t_b - c) / tau), the standard deviation of
+    t over the batch averaged over the K dimensions). One dimension dominating drives the first to 0; a constant
+    (hence, once centred, uniform) output drives the second to 0 and the per-sample entropy to log K. Computed in
+    float64: near-uniform distributions over thousands of dimensions are what it must resolve.
+    """
+    t = teacher_logits.detach().double()
+    q = F.softmax((t - center.double()) / teacher_temperature, dim=-1)
+    mean_q = q.mean(dim=0)
+    batch_entropy = -(mean_q * torch.log(mean_q.clamp_min(1e-300))).sum()
+    spread = t.std(dim=0, unbiased=False).mean() if t.shape[0] > 1 else t.new_zeros(())
+    return batch_entropy.float(), spread.float()
+
+
 class XKDForPretraining(XKDPreTrainedModel):
     """The whole of XKD (Algorithm 1): masked reconstruction, EMA teachers, cross-modal attention refinement,
     MMD domain alignment and cross-modal distillation, for the variants XKD, XKD-MAS and XKD-MATS.
@@ -1572,6 +1602,9 @@ class XKDForPretraining(XKDPreTrainedModel):
         self.audio_model.requires_grad_(False)
         self.video_teacher_head.requires_grad_(False)
         self.audio_teacher_head.requires_grad_(False)
+        if self.config.objective == "mae":  # the MAE row never runs the heads: no gradients, no optimizer state
+            self.video_student_head.requires_grad_(False)
+            self.audio_student_head.requires_grad_(False)
         if self.config.projector_norm_last_layer:
             for head in (self.video_student_head, self.audio_student_head):
                 head.last_layer.weight_g.requires_grad_(False)
@@ -1724,7 +1757,8 @@ class XKDForPretraining(XKDPreTrainedModel):
                 defaults to the config's final values.
 
         Which view the teachers see follows `config.teacher_view` ("local": the first local view, as released).
-        In training mode the teacher centers are updated after the loss, as released.
+        In training mode the teacher centers are updated after the loss, as released. `config.objective` selects
+        the terms computed ("mae": reconstruction only; the local views are then checked but not used).
         """
         cfg = self.config
         v_cfg, a_cfg = cfg.video_config, cfg.audio_config
@@ -1753,6 +1787,14 @@ class XKDForPretraining(XKDPreTrainedModel):
             a_latent.mask, cfg.norm_pix_loss,
         )
         reconstruction = (v_rec + a_rec) / 2
+        objective = cfg.objective
+        if objective == "mae":
+            # The audio-visual MAE baseline (Table 1): no heads, teachers, local-view passes or MMD.
+            return XKDForPretrainingOutput(
+                loss=reconstruction, reconstruction_loss=reconstruction, video_reconstruction_loss=v_rec,
+                audio_reconstruction_loss=a_rec, video_mask=v_latent.mask, audio_mask=a_latent.mask,
+                video_reconstruction=v_pred, audio_reconstruction=a_pred,
+            )
 
         # Students: the global feature is the masked latent's pooled visible tokens (released), then local views
         v_local = self.video_student(torch.cat(local_video, dim=0)).pooler_output
@@ -1776,12 +1818,22 @@ class XKDForPretraining(XKDPreTrainedModel):
         )
         distillation = (kd_v2a + kd_a2v) / 2
 
-        student_alignment = gaussian_mmd(v_student, a_student, cfg.mmd_gammas)
-        with torch.no_grad():
-            teacher_alignment = gaussian_mmd(v_teacher, a_teacher, cfg.mmd_gammas)
-        alignment = (student_alignment + teacher_alignment) / 2
+        # Collapse monitors, with the centers this loss used (before their update)
+        batch_ent_v, spread_v = teacher_collapse_statistics(v_teacher, self.video_teacher_center, tau_v)
+        batch_ent_a, spread_a = teacher_collapse_statistics(a_teacher, self.audio_teacher_center, tau_a)
 
-        loss = combine_losses(reconstruction, alignment, distillation, cfg)
+        if objective == "xkd":
+            student_alignment = gaussian_mmd(v_student, a_student, cfg.mmd_gammas)
+            with torch.no_grad():
+                teacher_alignment = gaussian_mmd(v_teacher, a_teacher, cfg.mmd_gammas)
+            alignment = (student_alignment + teacher_alignment) / 2
+            loss = combine_losses(reconstruction, alignment, distillation, cfg)
+        else:  # "mae+kd": the "w/o domain alignment" row, no MMD at all
+            student_alignment = teacher_alignment = alignment = None
+            w_r, w_d = cfg.reconstruction_loss_weight, cfg.distillation_loss_weight
+            loss = w_r * reconstruction + w_d * distillation
+            if cfg.normalize_loss_weights:
+                loss = loss / (w_r + w_d)
 
         if self.training:
             self.video_to_audio_distillation.update_center(mean_v)
@@ -1806,6 +1858,10 @@ class XKDForPretraining(XKDPreTrainedModel):
             audio_mask=a_latent.mask,
             video_reconstruction=v_pred,
             audio_reconstruction=a_pred,
+            video_teacher_batch_entropy=batch_ent_v,
+            audio_teacher_batch_entropy=batch_ent_a,
+            video_teacher_spread=spread_v,
+            audio_teacher_spread=spread_a,
         )
 
     def export_teachers(self) -> XKDModel:

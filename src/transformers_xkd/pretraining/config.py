@@ -87,8 +87,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "log": {
         "every_steps": 20,
         "collapse_patience": 5,  # consecutive logs with collapsed monitors before the warning
-        "collapse_entropy_fraction": 0.02,  # teacher entropy below this fraction of log(K) counts as collapsed
-        "collapse_kl": 1.0e-4,  # teacher-student KL below this counts as collapsed
+        "collapse_entropy_fraction": 0.02,  # batch-mean teacher entropy below this fraction of log(K): one dim dominates
+        "collapse_kl": 1.0e-4,  # unused (kept for old configs): the KL cannot reach 0, see CollapseMonitor
+        "collapse_uniform_fraction": 0.98,  # mean teacher entropy above this fraction of log(K): uniform collapse
+        "collapse_spread": 0.05,  # teacher outputs' std across the batch below this: constant-output collapse
         "trackers": "auto",  # "auto": tensorboard when installed; a list of accelerate tracker names; "none"
     },
     "debug": {"nonfinite_loss_at_step": None, "dump_rank_state": False},

@@ -74,7 +74,8 @@ LOGGED_OUTPUTS = (
     "loss", "reconstruction_loss", "video_reconstruction_loss", "audio_reconstruction_loss", "distillation_loss",
     "video_to_audio_distillation_loss", "audio_to_video_distillation_loss", "alignment_loss",
     "student_alignment_loss", "teacher_alignment_loss", "video_teacher_entropy", "audio_teacher_entropy",
-    "video_teacher_student_kl", "audio_teacher_student_kl",
+    "video_teacher_student_kl", "audio_teacher_student_kl", "video_teacher_batch_entropy",
+    "audio_teacher_batch_entropy", "video_teacher_spread", "audio_teacher_spread",
 )
 
 
@@ -225,30 +226,74 @@ def save_checkpoint(accelerator, root: str, step: int, keep_last: int, state: "T
 
 
 class CollapseMonitor:
-    """Warns when the teachers look collapsed for ``patience`` consecutive logs (paper Sec. B.5): a teacher entropy
-    near 0 (one dimension dominates) or a teacher-student KL near 0 (both output the same, e.g. uniform)."""
+    """Watches the teachers for the two DINO collapse modes (paper Sec. B.5) and warns once per mode, after
+    ``patience`` consecutive logs, with what to change.
 
-    def __init__(self, output_size: int, patience: int, entropy_fraction: float, kl_threshold: float):
-        self.entropy_threshold = entropy_fraction * math.log(output_size)
-        self.kl_threshold = kl_threshold
+    * **One dimension dominates** (every sample gets the same sharp distribution): the entropy of the batch-mean
+      teacher distribution (``*_teacher_batch_entropy``) falls below ``entropy_fraction * log K``.
+    * **Uniform / constant output** (the teacher ignores its input; centring then makes it uniform): the spread of
+      the teacher outputs across the batch (``*_teacher_spread``) falls below ``spread_threshold``, or the mean
+      per-sample entropy (``*_teacher_entropy``) rises above ``uniform_fraction * log K``.
+
+    The teacher-student KL is logged but not used: with the projector's affine-free final LayerNorm the student
+    logits always have spread 1 / tau_s, so the KL cannot approach 0 even in a collapsed run.
+    ``kl_threshold`` is accepted for configuration compatibility and ignored.
+    """
+
+    MODES = ("dominant", "uniform")
+
+    def __init__(self, output_size: int, patience: int, entropy_fraction: float, kl_threshold: float | None = None,
+                 uniform_fraction: float = 0.98, spread_threshold: float = 0.05):
+        self.log_k = math.log(output_size)
+        self.entropy_threshold = entropy_fraction * self.log_k
+        self.uniform_threshold = uniform_fraction * self.log_k
+        self.spread_threshold = float(spread_threshold)
         self.patience = max(1, int(patience))
-        self.streak = 0
+        self.streaks = {mode: 0 for mode in self.MODES}
+        self.warned: set[str] = set()
+
+    def reasons(self, values: dict) -> dict[str, list[str]]:
+        """The collapse signs in one log record, per mode."""
+        found = {mode: [] for mode in self.MODES}
+        for tower in ("video", "audio"):
+            batch = values.get(f"{tower}_teacher_batch_entropy")
+            if batch is not None and batch < self.entropy_threshold:
+                found["dominant"].append(
+                    f"{tower}_teacher_batch_entropy={batch:.3g} < {self.entropy_threshold:.3g} (of log K = "
+                    f"{self.log_k:.3g})")
+            spread = values.get(f"{tower}_teacher_spread")
+            if spread is not None and spread < self.spread_threshold:
+                found["uniform"].append(f"{tower}_teacher_spread={spread:.3g} < {self.spread_threshold:.3g}")
+            entropy = values.get(f"{tower}_teacher_entropy")
+            if entropy is not None and entropy > self.uniform_threshold:
+                found["uniform"].append(
+                    f"{tower}_teacher_entropy={entropy:.4g} > {self.uniform_threshold:.4g} (log K = {self.log_k:.4g})")
+        return found
 
     def check(self, values: dict) -> str | None:
-        reasons = []
-        for name in ("video_teacher_entropy", "audio_teacher_entropy"):
-            if name in values and values[name] < self.entropy_threshold:
-                reasons.append(f"{name}={values[name]:.3g} < {self.entropy_threshold:.3g}")
-        for name in ("video_teacher_student_kl", "audio_teacher_student_kl"):
-            if name in values and values[name] < self.kl_threshold:
-                reasons.append(f"{name}={values[name]:.3g} < {self.kl_threshold:.3g}")
-        self.streak = self.streak + 1 if reasons else 0
-        if self.streak == self.patience:
-            return (
-                f"possible collapse: for {self.patience} consecutive logs {', '.join(reasons)}. Check the teacher "
-                "temperatures, the centering momentum and the learning rate (paper Sec. B.5)."
-            )
-        return None
+        """Update the streaks with one log record; return a warning the first time a mode lasts ``patience`` logs."""
+        messages = []
+        for mode, reasons in self.reasons(values).items():
+            self.streaks[mode] = self.streaks[mode] + 1 if reasons else 0
+            if self.streaks[mode] >= self.patience and mode not in self.warned:
+                self.warned.add(mode)
+                messages.append(self._message(mode, reasons))
+        return " ".join(messages) or None
+
+    def _message(self, mode: str, reasons: list[str]) -> str:
+        head = f"possible {mode} collapse of the teachers: for {self.patience} consecutive logs {', '.join(reasons)}."
+        if mode == "dominant":
+            return head + (
+                " One output dimension dominates for every clip. Centre faster (lower model.center_momentum, e.g. "
+                "0.9 -> 0.8), soften the teachers (raise model.video_teacher_temperature / "
+                "audio_teacher_temperature or their warm-up values), or slow the teacher (raise "
+                "model.ema_momentum_start), and check the learning rate (paper Sec. B.5).")
+        return head + (
+            " The teachers output (nearly) the same thing for every clip and the centred distribution is uniform, "
+            "so distillation carries no information. Sharpen the teachers (lower model.video_teacher_temperature / "
+            "audio_teacher_temperature), centre more slowly (raise model.center_momentum, e.g. 0.9 -> 0.99), and "
+            "let the teacher follow the student sooner (lower model.ema_momentum_start; at a few hundred steps "
+            "0.997 leaves most of the random init in the teacher); see README 'Small-scale runs'.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -524,7 +569,9 @@ def run_pretraining(
 
     accelerator = build_accelerator(config, output_dir, precision)
     is_main = accelerator.is_main_process
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
+    # XKD_LOG_LEVEL=WARNING keeps a run to its progress bar and warnings (the Quickstart's quiet mode)
+    level = os.environ.get("XKD_LOG_LEVEL", "INFO").upper() if is_main else "WARNING"
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     world, rank = accelerator.num_processes, accelerator.process_index
     if is_main:
@@ -657,7 +704,9 @@ def run_pretraining(
 
     data_iter = micro_batches(state.micro_batches)
     collapse = CollapseMonitor(model_config.projector_output_size, log_cfg["collapse_patience"],
-                               float(log_cfg["collapse_entropy_fraction"]), float(log_cfg["collapse_kl"]))
+                               float(log_cfg["collapse_entropy_fraction"]), float(log_cfg["collapse_kl"]),
+                               uniform_fraction=float(log_cfg["collapse_uniform_fraction"]),
+                               spread_threshold=float(log_cfg["collapse_spread"]))
     failure_log = os.path.join(log_dir, "decode_failures.jsonl")
     nan_step = config["debug"]["nonfinite_loss_at_step"]
     every_ckpt, keep_last = int(config["checkpoint"]["every_steps"]), int(config["checkpoint"]["keep_last"])
@@ -732,9 +781,11 @@ def run_pretraining(
         progress.update(1)
 
         if state.step % every_log == 0 or state.step == stop_step:
-            scalars = torch.stack([getattr(output, name).detach().float() for name in LOGGED_OUTPUTS])
+            # only what this objective computed (model.objective="mae" has no distillation or alignment terms)
+            logged = [name for name in LOGGED_OUTPUTS if getattr(output, name, None) is not None]
+            scalars = torch.stack([getattr(output, name).detach().float() for name in logged])
             scalars = accelerator.reduce(scalars, reduction="mean")
-            values = {name: float(v) for name, v in zip(LOGGED_OUTPUTS, scalars.tolist())}
+            values = {name: float(v) for name, v in zip(logged, scalars.tolist())}
             values.update(
                 lr=lr, ema_momentum=momentum, video_teacher_temperature=temps[0], audio_teacher_temperature=temps[1],
                 epoch=state.micro_batches / micro_per_epoch, clips_per_second=throughput,
