@@ -6,7 +6,6 @@
 # Output in ${XKD_QUICKSTART_DIR:-outputs/quickstart}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export XKD_EXTRAS=${XKD_EXTRAS:-train,dev,viz}
 bash scripts/setup.sh
 VENV=${XKD_VENV:-.venv}
 OUT=${XKD_QUICKSTART_DIR:-outputs/quickstart}

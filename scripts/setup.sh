@@ -20,7 +20,7 @@ fi
 TORCH_VERSION=$("$VPY" -c "import torch; print(torch.__version__.split('+')[0])")
 CONSTRAINTS=$(mktemp)
 echo "torch==${TORCH_VERSION}" > "$CONSTRAINTS"
-EXTRAS=${XKD_EXTRAS:-train,dev,peft,stream}
+EXTRAS=${XKD_EXTRAS:-train,dev,peft,stream,viz}
 "$VPY" -m pip install -q -c "$CONSTRAINTS" -e ".[${EXTRAS}]"
 rm -f "$CONSTRAINTS"
 echo "setup: $("$VPY" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"
