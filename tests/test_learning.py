@@ -131,12 +131,13 @@ def test_collapse_monitor_warns_on_the_uniform_collapse():
     # Force a constant teacher output: the bottleneck layer ignores its input (zero weight, constant bias). The
     # center then converges to that constant and the centred distribution becomes uniform (learning_pilot.md).
     torch.manual_seed(0)
-    model = XKDForPretraining(make_tiny_xkd_config())
+    # center_momentum 0: the center reaches the constant after one step (the loss modules own it, so it is set
+    # through the config they are built from)
+    model = XKDForPretraining(make_tiny_xkd_config(center_momentum=0.0))
     with torch.no_grad():
         for head in (model.video_teacher_head, model.audio_teacher_head):
             head.layers[-1].weight.zero_()
             head.layers[-1].bias.copy_(torch.linspace(-1, 1, head.layers[-1].bias.numel()))
-    model.config.center_momentum = 0.0  # the center reaches the constant after one step
     warnings, records = _run_monitor(model)
     assert records[-1]["video_teacher_spread"] < 1e-5
     assert records[-1]["video_teacher_entropy"] > 0.99 * math.log(model.config.projector_output_size)
@@ -150,7 +151,8 @@ def test_collapse_monitor_warns_on_the_uniform_collapse():
 def test_collapse_monitor_warns_when_one_dimension_dominates():
     # Force one output dimension to dominate for every clip: the last layer maps everything onto unit 0.
     torch.manual_seed(0)
-    model = XKDForPretraining(make_tiny_xkd_config(video_teacher_temperature=0.04, audio_teacher_temperature=0.04))
+    model = XKDForPretraining(make_tiny_xkd_config(video_teacher_temperature=0.04, audio_teacher_temperature=0.04,
+                                                   center_momentum=0.999999))  # the center stays ~0, as early on
     with torch.no_grad():
         for head in (model.video_teacher_head, model.audio_teacher_head):
             head.layers[-1].weight.zero_()
@@ -159,7 +161,6 @@ def test_collapse_monitor_warns_when_one_dimension_dominates():
             signs = torch.tensor([1.0, -1.0]).repeat(head.last_layer.weight_v.shape[1] // 2)
             head.last_layer.weight_v.copy_(signs.expand_as(head.last_layer.weight_v))
             head.last_layer.weight_v[0].fill_(1.0)
-    model.config.center_momentum = 0.999999  # the center stays ~0, as early in a run
     warnings, records = _run_monitor(model)
     assert records[-1]["video_teacher_batch_entropy"] < 0.01
     assert len(warnings) == 1 and "dominant collapse" in warnings[0][1], warnings
