@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Data at scale (issue 14): prepared shards vs raw files, the cost of preparing, and a 1M-clip start-up.
 
-    PYTHONPATH=src python benchmarks/data_at_scale.py --media /work/shared/media [--out-dir benchmarks/results]
+    PYTHONPATH=src python benchmarks/data_at_scale.py --media ../shared/media [--out-dir benchmarks/results]
         [--seconds 4] [--smoke]
 
 Sections (all on the CPU):
@@ -177,7 +177,7 @@ def startup(num_clips: int, workdir: str) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--media", default=os.environ.get("XKD_REAL_MEDIA", "/work/shared/media"))
+    parser.add_argument("--media", default=os.environ.get("XKD_REAL_MEDIA", str(REPO.parent / "shared" / "media")))
     parser.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--seconds", type=float, default=4.0, help="CPU seconds per throughput measurement")
     parser.add_argument("--loader-clips", type=int, default=24)

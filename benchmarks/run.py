@@ -49,7 +49,7 @@ if str(REPO / "src") not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO / "src"))
 
 SCHEMA_VERSION = 1
-DEFAULT_MEDIA = Path("/work/shared/media")
+DEFAULT_MEDIA = REPO.parent / "shared" / "media"  # the shared clips next to the checkout (../shared/media)
 
 # Dense bf16 tensor-core peak (TFLOP/s) used for MFU; matched against torch.cuda.get_device_name().
 GPU_PEAK_BF16_TFLOPS = {
@@ -819,19 +819,6 @@ def synthesize_clip(path: Path, width: int, height: int, seconds: float, fps: in
             container.mux(packet)
 
 
-def find_pretraining_pipeline():
-    """The package's pretraining data path (transformers_xkd.pretraining, written by the training work): the
-    Dataset that decodes + samples + computes the audio views in DataLoader workers, and the kornia view maker that
-    augments batched on the training device. Returns (module, None) or (None, reason)."""
-    try:
-        from transformers_xkd import pretraining
-        from transformers_xkd.pretraining import views  # noqa: F401  (imports kornia lazily on build)
-
-        return pretraining, None
-    except Exception as err:  # not written yet, or kornia missing
-        return None, f"transformers_xkd.pretraining not importable ({type(err).__name__}: {err})"
-
-
 @contextlib.contextmanager
 def one_core():
     """Pin this process to one CPU and one torch thread (FFmpeg's decoder threads follow the affinity mask)."""
@@ -861,27 +848,13 @@ def _has_audio_and_video(path: str) -> bool:
         return False
 
 
-def _fallback_clip(path: str, rng: np.random.Generator, clip_seconds: float) -> dict:
-    """Decode + sample only (when the pretraining subpackage is unavailable): the package's decoder, one random
-    synchronised window, 8 consecutive local frames and a 1 s local audio window."""
-    from transformers_xkd.clips_xkd import ClipSpec, read_clips
-
-    t0 = time.perf_counter()
-    clips = read_clips(path, ClipSpec(clip_seconds), 1, rng=rng)  # the clip layer: one random synchronised window
-    decoded = clips.decoded[0]
-    t1 = time.perf_counter()
-    lo = int(rng.integers(0, len(decoded.frames) - len(decoded.frames) // 4 + 1))
-    decoded.frames[lo:lo + len(decoded.frames) // 4].copy()
-    t2 = time.perf_counter()
-    return dict(decode=t1 - t0, sample_and_audio=t2 - t1, frames=decoded.frames)
-
-
 def bench_data_path(settings: dict, args, device: torch.device, log) -> dict:
     """Clips/s of the data path on ONE CPU core: decode (PyAV, the package's reader) -> sample + resize to the
     112 short side + audio views (log-mel, jitter, local crop: the DataLoader worker's job) -> kornia video views
     (global 32x112x112 + local 8x96x96, the device's job; measured on the CPU core here, and on the GPU in the gpu
-    suite). Real files (XKD_REAL_MEDIA, else /work/shared/media when present) and synthetic 480p h264 clips."""
-    pre, reason = find_pretraining_pipeline()
+    suite). Real files (XKD_REAL_MEDIA, else ../shared/media next to the checkout when present) and synthetic
+    480p h264 clips."""
+    from transformers_xkd import pretraining as pre
     media_root = os.environ.get("XKD_REAL_MEDIA")
     media_root = Path(media_root) if media_root else (DEFAULT_MEDIA if DEFAULT_MEDIA.exists() else None)
     real, skipped = [], {}
@@ -905,16 +878,14 @@ def bench_data_path(settings: dict, args, device: torch.device, log) -> dict:
     groups = {"real": real, f"synthetic_{h}p": synth}
     aug_batch = settings.get("augment_batch", 8)
     out = dict(pipeline=("transformers_xkd.pretraining: XKDPretrainingDataset (decode, sample, resize, audio views) "
-                         "+ XKDViewMaker (kornia views)") if pre else None,
-               augmentation_status="measured" if pre else f"not measured: {reason}",
+                         "+ XKDViewMaker (kornia views)"),
+               augmentation_status="measured",
                clip_seconds=clip_seconds, augment_batch=aug_batch, augment_device=device.type,
                measured_on="one CPU core (affinity mask of 1 CPU, 1 torch thread)",
                media_root=str(media_root) if media_root else None, skipped_files=skipped, groups={})
-    view_maker = None
-    if pre is not None:
-        settings_clip = pre.ClipSettings(clip_duration=clip_seconds)
-        view_maker = pre.XKDViewMaker(pre.VideoViewSettings(), pre.released_local_video_settings(),
-                                      settings_clip.local_num_frames).to(device)
+    settings_clip = pre.ClipSettings(clip_duration=clip_seconds)
+    view_maker = pre.XKDViewMaker(pre.VideoViewSettings(), pre.released_local_video_settings(),
+                                  settings_clip.local_num_frames).to(device)
     with one_core():
         for group, files in groups.items():
             if not files:
@@ -923,36 +894,27 @@ def bench_data_path(settings: dict, args, device: torch.device, log) -> dict:
             per_file = {}
             for path in files:
                 rows = []
-                if pre is not None:
-                    ds = pre.XKDPretrainingDataset(pre.ClipSource(path, [path]), [path], settings_clip, seed=0)
-                    samples = []
-                    for k in range(settings["data_clips"] + 1):  # the first clip is the warm-up
-                        rng = np.random.default_rng((0, k))
-                        t0 = time.perf_counter()
-                        frames, audio = ds.decode(0, rng)
-                        t1 = time.perf_counter()
-                        sample = ds.build(frames, audio, 0, rng)
-                        sample["failed"] = []
-                        t2 = time.perf_counter()
-                        samples.append(sample)
-                        if k:
-                            rows.append(dict(decode=t1 - t0, sample_and_audio=t2 - t1))
-                    # augmentation: batched as in training (one batch of `aug_batch` clips), per-clip cost
-                    batch = pre.collate_clips([samples[i % len(samples)] for i in range(aug_batch)])
-                    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                    aug = time_interleaved({"augment": lambda: view_maker(batch)}, 1,
-                                           max(1, settings["data_clips"]), device)["augment"]
-                    augment_per_clip = aug["median_s"] / aug_batch
-                    frame_size = list(samples[0]["video"].shape[-2:])
-                    decoded_size = list(frames.shape[1:3])
-                else:
-                    for k in range(settings["data_clips"] + 1):
-                        r = _fallback_clip(path, np.random.default_rng((0, k)), clip_seconds)
-                        if k:
-                            rows.append(r)
-                    augment_per_clip = None
-                    decoded_size = list(r["frames"].shape[1:3])
-                    frame_size = decoded_size
+                ds = pre.XKDPretrainingDataset(pre.ClipSource(path, [path]), [path], settings_clip, seed=0)
+                samples = []
+                for k in range(settings["data_clips"] + 1):  # the first clip is the warm-up
+                    rng = np.random.default_rng((0, k))
+                    t0 = time.perf_counter()
+                    frames, audio = ds.decode(0, rng)
+                    t1 = time.perf_counter()
+                    sample = ds.build(frames, audio, 0, rng)
+                    sample["failed"] = []
+                    t2 = time.perf_counter()
+                    samples.append(sample)
+                    if k:
+                        rows.append(dict(decode=t1 - t0, sample_and_audio=t2 - t1))
+                # augmentation: batched as in training (one batch of `aug_batch` clips), per-clip cost
+                batch = pre.collate_clips([samples[i % len(samples)] for i in range(aug_batch)])
+                batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                aug = time_interleaved({"augment": lambda: view_maker(batch)}, 1,
+                                       max(1, settings["data_clips"]), device)["augment"]
+                augment_per_clip = aug["median_s"] / aug_batch
+                frame_size = list(samples[0]["video"].shape[-2:])
+                decoded_size = list(frames.shape[1:3])
                 med = {key: statistics.median(r[key] for r in rows) for key in ("decode", "sample_and_audio")}
                 worker = med["decode"] + med["sample_and_audio"]
                 total = worker + (augment_per_clip or 0.0)

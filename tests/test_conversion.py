@@ -1,9 +1,9 @@
 """Tests of the released-checkpoint conversion (issue 4).
 
-Synthetic released-format files are built here from the parameter inventory of
-shared/reference/xkd_original_spec.md §1.4 (exact key names and shape formulas, tiny sizes), converted, and
+Synthetic released-format files are built here from the released code's parameter inventory
+(exact key names and shape formulas, tiny sizes), converted, and
 checked (a) key by key against an explicit mapping table written in this file, (b) against an independent
-re-implementation of the released forward pass (§2: Linear tokenizer on the (pt, ph, pw, c) flattening, LayerNorm
+re-implementation of the released forward pass (Linear tokenizer on the (pt, ph, pw, c) flattening, LayerNorm
 eps 1e-5, no qkv bias, explicit softmax attention, exact GELU, final norm, mean of patch tokens), and (c) for each
 failure mode's message.
 """
@@ -41,7 +41,7 @@ from transformers_xkd.convert_original import (
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "conversion" / "convert_xkd_original_to_hf.py"
 LN_EPS = 1e-5
-BLOCK_TABLE = {  # released block part -> package block part (CONTRACT.md), written out independently here
+BLOCK_TABLE = {  # released block part -> package block part, written out independently here
     "norm1.weight": "layernorm_before.weight",
     "norm1.bias": "layernorm_before.bias",
     "attn.qkv.weight": "attention.qkv.weight",
@@ -90,7 +90,7 @@ def _rand(gen, *shape, device=None):
 
 
 def released_block(gen, prefix: str, dim: int, mlp: int, device=None) -> dict[str, torch.Tensor]:
-    """The 11 tensors of one released block (§1.4 block template), in the listed order; LN weights random so
+    """The 11 tensors of one released block (the released block template), in the listed order; LN weights random so
     that a swapped or dropped norm shows."""
     return {
         f"{prefix}norm1.weight": 1 + 0.1 * _rand(gen, dim, device=device),
@@ -108,7 +108,7 @@ def released_block(gen, prefix: str, dim: int, mlp: int, device=None) -> dict[st
 
 
 def released_backbone(modality: str, cfg, gen, device=None) -> dict[str, torch.Tensor]:
-    """A `VideoViT` / `AudioViT` state dict with the training names of §1.4."""
+    """A `VideoViT` / `AudioViT` state dict with the released training names."""
     d, n = cfg.hidden_size, cfg.num_patches
     tok = "cuboid_embed" if modality == "video" else "patch_embed"
     sd = {
@@ -125,7 +125,7 @@ def released_backbone(modality: str, cfg, gen, device=None) -> dict[str, torch.T
 
 
 def eval_rename(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The released eval code's renaming (§1.3), applied key by key."""
+    """The released eval code's renaming, applied key by key."""
     out = {}
     for key, value in sd.items():
         if key.startswith("encoder."):
@@ -141,7 +141,7 @@ def eval_rename(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def released_head(gen, prefix: str, config, in_dim: int, device=None) -> dict[str, torch.Tensor]:
-    """`DINOHead` keys (§1.4): mlp.0/3/6 Linear, mlp.1 == mlp.4 (one shared LayerNorm), weight-norm last layer."""
+    """`DINOHead` keys: mlp.0/3/6 Linear, mlp.1 == mlp.4 (one shared LayerNorm), weight-norm last layer."""
     h, b, o = config.projector_hidden_size, config.projector_bottleneck_size, config.projector_output_size
     norm_w, norm_b = 1 + 0.1 * _rand(gen, h, device=device), 0.1 * _rand(gen, h, device=device)
     return {
@@ -156,7 +156,7 @@ def released_head(gen, prefix: str, config, in_dim: int, device=None) -> dict[st
 
 
 def released_full_checkpoint(config, seed: int = 0, device=None) -> dict:
-    """`checkpoint.pth.tar` as §1.2/§1.4 describe it: 'model' in registration order with the `module.` prefix,
+    """`checkpoint.pth.tar` as the released training code writes it: 'model' in registration order with the `module.` prefix,
     the MAE encoder being the student backbone's very tensors; MAS/MATS share blocks across modalities by
     reusing the same tensor objects (as one shared module would)."""
     gen = torch.Generator().manual_seed(seed)
@@ -222,7 +222,7 @@ def write_pair(tmp_path: Path, variant: str, role: str = "teacher", seed: int = 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Independent reference forward of the released backbone (§2)
+# Independent reference forward of the released backbone
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -320,7 +320,7 @@ def assert_encoder_landed(released: dict, converted: dict, prefix: str, modality
 
 
 def test_synthetic_builder_matches_released_inventory():
-    """At the released sizes (on the meta device, no memory) the builder yields §1.4's counts: 138 tensors and
+    """At the released sizes (on the meta device, no memory) the builder yields the released counts: 138 tensors and
     87,691,008 / 85,509,888 parameters per backbone, 978 keys in the full checkpoint."""
     config = XKDConfig()
     video = released_backbone("video", config.video_config, None, device="meta")

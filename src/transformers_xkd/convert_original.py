@@ -1,18 +1,18 @@
 """Conversion of the released XKD checkpoints (github.com/pritamqu/XKD) into this package's models.
 
-Two kinds of released file exist (shared/reference/xkd_original_spec.md §1.2):
+Two kinds of released file exist (those the released training and eval code write):
 
 * **Backbone files** `<run>vid_teacher.pth.tar`, `<run>vid_student.pth.tar`, `<run>aud_teacher.pth.tar`,
   `<run>aud_student.pth.tar`: plain state dicts of one `VideoViT` / `AudioViT` (138 tensors at ViT-B), either with
   the training names (`cls_token`, `enc_pos_embed`, `cuboid_embed.proj.*` (video) / `patch_embed.proj.*` (audio),
-  `encoder.blocks.{i}.*`, `encoder_norm.*`) or with the names the released eval code renames them to (§1.3:
-  `pos_embed`, `patch_embed.proj.*`, `blocks.{i}.*`, `norm.*`). Both are accepted here (one style per file).
+  `encoder.blocks.{i}.*`, `encoder_norm.*`) or with the names the released eval code renames them to
+  (`pos_embed`, `patch_embed.proj.*`, `blocks.{i}.*`, `norm.*`). Both are accepted here (one style per file).
   One video and one audio file become an `XKDModel` (keys `video_model.*`, `audio_model.*`).
 * **The full resumable checkpoint** `checkpoint.pth.tar`: a dict whose `'model'` entry is the state dict of the
-  DDP-wrapped `XKD_Net` (every key prefixed `module.`; 978 keys for XKD, §1.4 "Layout"). It becomes an
+  DDP-wrapped `XKD_Net` (every key prefixed `module.`; 978 keys for XKD). It becomes an
   `XKDForPretraining` (teachers as `video_model`/`audio_model`, students, projector heads, decoders, centers).
 
-Name mapping of one encoder (released -> HF, see CONTRACT.md):
+Name mapping of one encoder (released -> HF; `BLOCK_RENAMES` below is the block part):
 
     cls_token                               -> embeddings.cls_token                     [1, 1, D]
     enc_pos_embed | pos_embed               -> embeddings.position_embeddings           [1, 1+N, D]
@@ -24,12 +24,12 @@ Name mapping of one encoder (released -> HF, see CONTRACT.md):
     [encoder.]blocks.{i}.mlp.fc{1,2}.*      -> encoder.layer.{i}.mlp.fc{1,2}.*
     encoder_norm.* | norm.*                 -> layernorm.*
 
-The patch embedding is the one tensor whose values are rearranged (spec §1.5): the released tokenizer is a
+The patch embedding is the one tensor whose values are rearranged: the released tokenizer is a
 Linear over patches flattened in (pt, ph, pw, c) order (video) or (ph, pw) order (audio, c = 1); the package uses
 a Conv3d / Conv2d whose kernel is laid out (c, pt, ph, pw) / (c, ph, pw). See `video_patch_weight_to_conv` and
 `audio_patch_weight_to_conv`.
 
-Variant detection (spec §5; the layouts are *inferred*, since no MAS/MATS file could be inspected):
+Variant detection (the layouts are *inferred*, since no MAS/MATS file could be inspected):
 the MAS/MATS training code builds ONE `ViT_Backbone` object and hands it to both modality wrappers, and
 `state_dict()` walks every module path without de-duplicating, so (i) a MAS/MATS full checkpoint has exactly the
 XKD key layout (978 keys) with the shared blocks appearing under both `vid_*` and `aud_*` paths as equal tensors,
@@ -93,7 +93,8 @@ VARIANTS = ("xkd", "xkd-mas", "xkd-mats")
 MODALITIES = ("video", "audio")
 _SRC_PREFIX = {"video": "vid", "audio": "aud"}
 
-# Block sub-module names: released (timm/DINO) -> package (CONTRACT.md). Shared by encoders and decoders.
+# Block sub-module names: released (timm/DINO) -> package (the module docstring's table). Shared by encoders and
+# decoders.
 BLOCK_RENAMES = {
     "norm1": "layernorm_before",
     "attn.qkv": "attention.qkv",
@@ -613,9 +614,9 @@ def _map_head(
     """Projector head `<src>.mlp.*`, `<src>.last_layer.*` -> `<dst>.layers.k`, `.hidden_norms.k`, `.last_layer.*`.
 
     The released `DINOHead` lists Linear layers at `mlp.{3k}`, their LayerNorm at `mlp.{3k+1}` and GELU at
-    `mlp.{3k+2}`. The hidden LayerNorms are one module (spec §8.5), so `mlp.1` and `mlp.4` are equal tensors: they
-    are checked equal and loaded once into `hidden_norms.0`, unless the target keeps separate norms
-    (`projector_share_hidden_norm=False`), in which case each goes to its own `hidden_norms.k`.
+    `mlp.{3k+2}`. The hidden LayerNorms are one module (docs/architecture.md, "Paper vs released code"), so `mlp.1`
+    and `mlp.4` are equal tensors: they are checked equal and loaded once into `hidden_norms.0`, unless the target
+    keeps separate norms (`projector_share_hidden_norm=False`), in which case each goes to its own `hidden_norms.k`.
     """
     out: dict[str, tuple[str, torch.Tensor]] = {}
     for key, value in sd.items():

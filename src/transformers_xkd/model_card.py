@@ -2,8 +2,8 @@
 
 One template (`model_cards/template.md` at the repository root, jinja2 as `huggingface_hub.ModelCard` renders
 it) is filled per variant and pretraining dataset. The metadata carries the paper's reported downstream numbers
-as `model-index` results (`huggingface_hub.EvalResult`), license `cc-by-nc-4.0` (the released code's LICENSE;
-spec §8.20) and the paper's citation.
+as `model-index` results (`huggingface_hub.EvalResult`), license `cc-by-nc-4.0` (the released code's
+LICENSE file) and the paper's citation.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from transformers.utils import logging
 
 from ..configuration_xkd_distillation import KINETICS_MEAN, KINETICS_STD, XKDDistillationConfig
 from ..decoding_xkd import MediaDecodingError, MediaReader, decode_media
+from ..utils_io import atomic_path
 from .datasets import SplitEntry, entries_to_dataset, media_paths
 from .features import ClipProtocol, sample_clips
 
@@ -207,10 +208,8 @@ class FrozenTeachers(nn.Module):
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()  # not inference_mode: the log-mel extractor reuses its own buffers across calls

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ..clips_xkd import ClipSpec, read_clips
 from ..decoding_xkd import MediaDecodingError
+from ..utils_io import atomic_path
 from .datasets import media_paths
 
 __all__ = [
@@ -437,9 +438,8 @@ def extract_features(
     )
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".tmp.npz")
-        out.save(tmp)
-        os.replace(tmp, cache_path)  # atomic: an interrupted run never leaves a truncated cache behind
+        with atomic_path(cache_path, suffix=".npz") as tmp:  # an interrupted run never leaves a truncated cache
+            out.save(tmp)
         out.meta["cache_path"] = str(cache_path)
     return out
 

@@ -26,6 +26,9 @@ def top_k_accuracy(scores, labels, k: int = 1) -> float:
     if scores.shape[0] == 0:
         raise ValueError("top_k_accuracy: no samples to score")
     k = min(int(k), scores.shape[1])
+    # Not sklearn.metrics.top_k_accuracy_score: it raises for two classes given as (N, 2) scores (it wants the
+    # binary 1-D form), warns at k >= C (top5 of a <= 5-class task), rejects labels outside range(C), and breaks
+    # ties towards the highest class index; on untied scores of 3+ classes the two agree exactly.
     # argpartition: O(N C) instead of a full sort; ties broken arbitrarily, as torch.topk does
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     return float(100.0 * np.mean(np.any(top == labels[:, None], axis=1)))

@@ -48,6 +48,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..utils_io import atomic_path, atomic_write_text
+
 __all__ = ["AVDigitsSpec", "TRAIN_VOICES", "TEST_VOICES", "DIGIT_WORDS", "espeak_available", "make_avdigits",
            "render_clip"]
 
@@ -303,8 +305,7 @@ def _render_audio(rng: np.random.Generator, label: int, voice: str, sound: str, 
 def _write_mp4(path: str, frames: np.ndarray, audio: np.ndarray, fps: int, sampling_rate: int) -> None:
     import av
 
-    tmp = path + ".tmp.mp4"
-    with av.open(tmp, "w") as container:
+    with atomic_path(path, suffix=".mp4") as tmp, av.open(tmp, "w") as container:
         video = container.add_stream("libx264", rate=fps, options={"crf": "20", "preset": "medium"})
         video.width, video.height = frames.shape[2], frames.shape[1]
         video.pix_fmt = "yuv420p"
@@ -323,7 +324,6 @@ def _write_mp4(path: str, frames: np.ndarray, audio: np.ndarray, fps: int, sampl
         for s in (video, stream):
             for packet in s.encode(None):
                 container.mux(packet)
-    os.replace(tmp, path)
 
 
 def render_clip(spec: AVDigitsSpec, split: str, index: int, sound: str) -> dict:
@@ -392,10 +392,7 @@ def make_avdigits(root: str, spec: AVDigitsSpec | None = None, workers: int = 1,
         "sound_source": _espeak_version() if sound == "espeak" else "synthetic tone pairs (espeak-ng not used)",
         "clips": clips,
     }
-    tmp = manifest_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, manifest_path)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -42,6 +42,7 @@ from ..clips_xkd import ClipSpec, read_clips, resize_shorter_side
 from ..decoding_xkd import MediaDecodingError, MediaReader
 from ..feature_extraction_xkd import XKDFeatureExtractor
 from ..log_mel_xkd import KINETICS_SOUND_MEAN, KINETICS_SOUND_STD
+from ..utils_io import atomic_write_text
 from .augment import audio_random_resize_crop
 
 
@@ -648,10 +649,8 @@ def load_or_scan(source: ClipSource, index_path: str | None, min_duration: float
                             durations=[(float("nan"), float("nan"))] * len(source.items))
     report.fingerprint = fingerprint
     if index_path:
-        tmp = f"{index_path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(report.to_json()))  # one C call: json.dump's chunked writes are ~5x slower at 1M
-        os.replace(tmp, index_path)
+        # json.dumps, one C call: json.dump's chunked writes are ~5x slower at 1M
+        atomic_write_text(index_path, json.dumps(report.to_json()))
     return report
 
 

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
+from ..utils_io import atomic_write_text
 from .avdigits import AVDigitsSpec, make_avdigits
 
 __all__ = ["OBJECTIVES", "SCALES", "BenchmarkScale", "benchmark_config", "pretrain_and_probe",
@@ -572,9 +573,7 @@ def write_results(results: dict, prefix: str) -> dict:
     paths = {"json": prefix + ".json", "md": prefix + ".md", "steps_png": prefix + "-steps.png",
              "monitors_png": prefix + "-monitors.png"}
     slim = copy.deepcopy(results)
-    with open(paths["json"] + ".tmp", "w") as f:
-        json.dump(slim, f, indent=1, default=str)
-    os.replace(paths["json"] + ".tmp", paths["json"])
+    atomic_write_text(paths["json"], json.dumps(slim, indent=1, default=str))
     with open(paths["md"], "w") as f:
         f.write(results_markdown(results))
     plot_probe_curves(results, paths["steps_png"])

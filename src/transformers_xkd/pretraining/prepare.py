@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..decoding_xkd import MediaDecodingError, MediaReader, target_frame_times
+from ..utils_io import atomic_write_text
 
 
 logger = logging.getLogger(__name__)
@@ -212,12 +213,7 @@ def shard_index_path(output_dir: str, shard: int) -> str:
 
 
 def _atomic_json(path: str, value: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value), fsync=True)
 
 
 def build_shard(output_dir: str, shard: int, entries: Sequence[tuple[str, Any]], settings: PrepareSettings) -> dict:
