@@ -52,15 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _fail(code: int, err: Exception, cause: str) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    print(f"convert_xkd_original_to_hf.py: exit status {code} ({cause}): {first}", file=sys.stderr, flush=True)
-    return code
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from transformers_xkd.cli import report_exit
     from transformers_xkd.convert_original import (
         ConversionError,
         convert_to_folders,
@@ -80,14 +74,14 @@ def main(argv=None) -> int:
             overwrite=args.overwrite,
         )
     except (ConversionError, OSError) as err:  # OSError: e.g. a folder that became unwritable while converting
-        return _fail(2, err, "bad arguments or input files")
+        return report_exit("convert_xkd_original_to_hf.py", 2, "bad arguments or input files", err)
     for name, folder in folders.items():
         print(f"wrote {name} folder: {folder}")
     if args.push_to_hub:
         try:
             url = push_folder_to_hub(args.output_dir, args.repo_id)
         except RuntimeError as err:
-            return _fail(3, err, "the upload failed; the converted folder is complete")
+            return report_exit("convert_xkd_original_to_hf.py", 3, "the upload failed; the converted folder is complete", err)
         print(f"pushed {args.output_dir} to {url}")
     return 0
 

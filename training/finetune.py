@@ -18,6 +18,7 @@ the head, saves the adapter in OUTPUT_DIR/adapter and the merged plain classifie
 import argparse
 import sys
 
+from transformers_xkd.cli import report_exit
 from transformers_xkd.downstream.runner import parse_key_values, run_finetune
 
 
@@ -58,14 +59,6 @@ def lora_settings(args):
                         tuple(args.lora_targets or DEFAULT_LORA_TARGET_MODULES))
 
 
-def fail(err: Exception, script: str) -> int:
-    """Print the error and, last, the exit status with its cause; return 2."""
-    print(f"error: {err}", file=sys.stderr)
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    print(f"{script}: exit status 2 (bad arguments, files or data): {first}", file=sys.stderr, flush=True)
-    return 2
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -76,7 +69,7 @@ def main(argv=None) -> int:
             test_root=args.test_root, lora=lora_settings(args),
         )
     except (ValueError, OSError) as err:  # DownstreamUsageError, MissingMediaError, SplitFileError, decoding
-        return fail(err, "training/finetune.py")
+        return report_exit("training/finetune.py", 2, "bad arguments, files or data", err)
     return 0
 
 

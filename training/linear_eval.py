@@ -20,26 +20,12 @@ without config.json, or a training split with fewer than two classes.
 import argparse
 import sys
 
+from transformers_xkd.cli import int_at_least, report_exit
 from transformers_xkd.downstream.runner import run_linear_eval
 
 
 def fail(err: Exception) -> int:
-    """Print the error and, last, the exit status with its cause; return 2."""
-    print(f"error: {err}", file=sys.stderr)
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    print(f"training/linear_eval.py: exit status 2 (bad arguments, files or data): {first}", file=sys.stderr,
-          flush=True)
-    return 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+    return report_exit("training/linear_eval.py", 2, "bad arguments, files or data", err)
 
 
 def main(argv=None) -> int:
@@ -56,14 +42,14 @@ def main(argv=None) -> int:
     p.add_argument("--classifier", default="svm", choices=["svm", "fc"])
     p.add_argument("--costs", type=float, nargs="+", action="extend", default=None,
                    help="SVM costs (default: released sweep; repeated flags add up)")
-    p.add_argument("--train-clips", type=_positive_int, default=None)
-    p.add_argument("--test-clips", type=_positive_int, default=None)
-    p.add_argument("--probe-epochs", type=_positive_int, default=None)
+    p.add_argument("--train-clips", type=int_at_least(1), default=None)
+    p.add_argument("--test-clips", type=int_at_least(1), default=None)
+    p.add_argument("--probe-epochs", type=int_at_least(1), default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--output-dir", default=None)
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     p.add_argument("--base-model", default=None, help="Hub id of the pretrained checkpoint, for the card")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-missing", action="store_true", help="skip split entries whose file is missing")
     p.add_argument("--seed", type=int, default=0)

@@ -18,28 +18,15 @@ the cause (run it with `python training/pretrain.py` for one process to get the 
 import argparse
 import sys
 
+from transformers_xkd.cli import int_at_least, report_exit
 from transformers_xkd.pretraining import DecodeFailureError, NonFiniteLossError, load_config, run_pretraining
 
 CAUSES = {2: "bad arguments, configuration, data or output folder", 3: "non-finite loss",
           4: "too many undecodable files"}
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (0: no step), got {value}")
-    return value
-
-
 def _fail(code: int, err: Exception) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    # the last line, so that it is visible right above a launcher's traceback (accelerate launch exits 1)
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    print(f"training/pretrain.py: exit status {code} ({CAUSES[code]}): {first}", file=sys.stderr, flush=True)
-    return code
+    return report_exit("training/pretrain.py", code, CAUSES[code], err)
 
 
 def main(argv=None) -> int:
@@ -47,7 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="YAML file (training/configs/*.yaml)")
     parser.add_argument("--train-data", required=True, help="folder, .txt/.csv list, or datasets dataset")
     parser.add_argument("--output-dir", required=True, help="checkpoints, logs and exported models go here")
-    parser.add_argument("--max-steps", type=_non_negative_int, default=None,
+    parser.add_argument("--max-steps", type=int_at_least(0, "0: no step"), default=None,
                         help="stop after this many optimizer steps in total (schedules still follow train.epochs); "
                              "0: set up and check everything, train nothing; absent: the whole schedule")
     run_mode = parser.add_mutually_exclusive_group()
