@@ -11,6 +11,7 @@ from transformers_xkd.clips_xkd import (
     audio_windows,
     clip_starts,
     clips_from_frames,
+    decode_clips,
     frame_indices,
     random_clip_starts,
     read_clips,
@@ -18,7 +19,7 @@ from transformers_xkd.clips_xkd import (
     resize_shorter_side,
     shorter_side_size,
 )
-from transformers_xkd.decoding_xkd import MediaDecodingError, decode_clips, load_audio
+from transformers_xkd.decoding_xkd import MediaDecodingError, load_audio
 
 
 @pytest.fixture(scope="module")

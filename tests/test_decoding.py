@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 from media_utils import moov_at_end, moving_square_frame, square_x, write_media
+from transformers_xkd.clips_xkd import clip_starts, decode_clips
 from transformers_xkd.decoding_xkd import (
     MediaDecodingError,
     MediaNotFoundError,
     MediaReader,
     _rotate,
-    clip_starts,
-    decode_clips,
     decode_media,
     load_audio,
     resample_audio,

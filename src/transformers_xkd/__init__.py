@@ -82,11 +82,10 @@ from .decoding_xkd import (  # noqa: E402
     MediaInfo,
     MediaNotFoundError,
     MediaReader,
-    decode_clips,
     decode_media,
     load_audio,
 )
-from .clips_xkd import ClipSpec, Clips, audio_windows, clips_from_frames, read_clips  # noqa: E402
+from .clips_xkd import ClipSpec, Clips, audio_windows, clips_from_frames, decode_clips, read_clips  # noqa: E402
 from .feature_extraction_xkd import XKDFeatureExtractor  # noqa: E402
 from .log_mel_xkd import XKDLogMelSpectrogram  # noqa: E402
 from .processing_xkd import XKDProcessor  # noqa: E402

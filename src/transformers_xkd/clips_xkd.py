@@ -46,7 +46,6 @@ from .decoding_xkd import (
     MediaDecodingError,
     MediaReader,
     MediaSource,
-    describe_source,
 )
 
 
@@ -551,12 +550,46 @@ def audio_windows(
     return Clips(spec=spec, starts=starts, waveforms=np.stack(windows), num_padded_samples=padded, source=source)
 
 
+def decode_clips(
+    source: MediaSource,
+    num_clips: int = 1,
+    clip_duration: float = 4.0,
+    fps: float = DEFAULT_FPS,
+    sampling_rate: int = DEFAULT_SAMPLING_RATE,
+    decode_video: bool = True,
+    decode_audio: bool = True,
+    require_video: bool = False,
+    require_audio: bool = False,
+) -> tuple[list[DecodedMedia], list[float]]:
+    """Decode ``num_clips`` uniformly spaced windows (:func:`uniform_clip_starts`) with one open of the input.
+
+    A convenience over :func:`read_clips` (which owns the rules). Video and audio of clip ``k``
+    cover the same window ``[s_k, s_k + clip_duration)``; the spacing uses the duration both requested streams
+    cover.
+
+    Returns:
+        (clips, starts): a list of `DecodedMedia` (one per clip, frames `(clip_duration * fps, H, W, 3)`, audio
+        `(clip_duration * sampling_rate,)`) and the start times in seconds.
+    """
+    clips = read_clips(
+        source,
+        ClipSpec(clip_duration, fps, sampling_rate),
+        num_clips,
+        video=decode_video,
+        audio=decode_audio,
+        require_video=require_video,
+        require_audio=require_audio,
+    )
+    return clips.decoded, clips.starts
+
+
 __all__ = [
     "reject_unknown_keywords",
     "ClipSpec",
     "Clips",
     "TIME_TOLERANCE",
     "clip_starts",
+    "decode_clips",
     "uniform_clip_starts",
     "random_clip_starts",
     "frame_indices",

@@ -10,8 +10,8 @@ reproduces that with no torchvision, torchaudio, torchcodec or ffmpeg program:
   ``sampling_rate`` and averaged to mono, and single undecodable packets are skipped and counted. For H.264 it
   decodes only what the chosen frames need (no non-reference frame that no requested time shows, nothing before
   the last IDR frame ahead of the window), which returns the same frames as decoding every frame (tested).
-* :func:`decode_media` decodes one window; :func:`decode_clips` plans ``num_clips`` uniformly spaced windows from
-  the file's duration and decodes them with the same open container; :func:`load_audio` returns a mono waveform.
+* :func:`decode_media` decodes one window (``clips_xkd.decode_clips`` / ``read_clips`` cut several clips with one
+  open container); :func:`load_audio` returns a mono waveform.
 * Every failure a user can cause (missing, empty, truncated or non-media file; no video or audio stream where one
   is required) raises :class:`MediaDecodingError`, a ``ValueError`` whose message names the input and the reason.
 
@@ -196,13 +196,6 @@ def target_frame_times(start: float, duration: float, fps: float = DEFAULT_FPS) 
     """Times ``start + k / fps`` for ``k = 0 .. round(duration * fps) - 1`` (the released 8 fps grid)."""
     num = int(round(duration * fps))
     return start + np.arange(num, dtype=np.float64) / fps
-
-
-def clip_starts(total_duration: float | None, clip_duration: float, num_clips: int) -> list[float]:
-    """Start times of ``num_clips`` uniformly spaced windows: :func:`clips_xkd.uniform_clip_starts` (the one rule)."""
-    from .clips_xkd import uniform_clip_starts
-
-    return uniform_clip_starts(total_duration, clip_duration, num_clips)
 
 
 class MediaReader:
@@ -897,41 +890,6 @@ def decode_media(
             require_video=require_video,
             require_audio=require_audio,
         )
-
-
-def decode_clips(
-    source: MediaSource,
-    num_clips: int = 1,
-    clip_duration: float = 4.0,
-    fps: float = DEFAULT_FPS,
-    sampling_rate: int = DEFAULT_SAMPLING_RATE,
-    decode_video: bool = True,
-    decode_audio: bool = True,
-    require_video: bool = False,
-    require_audio: bool = False,
-) -> tuple[list[DecodedMedia], list[float]]:
-    """Decode ``num_clips`` uniformly spaced windows (see :func:`clip_starts`) with one open of the input.
-
-    A call to the clip layer (:func:`clips_xkd.read_clips`, which owns the rules). Video and audio of clip ``k``
-    cover the same window ``[s_k, s_k + clip_duration)``; the spacing uses the duration both requested streams
-    cover.
-
-    Returns:
-        (clips, starts): a list of `DecodedMedia` (one per clip, frames `(clip_duration * fps, H, W, 3)`, audio
-        `(clip_duration * sampling_rate,)`) and the start times in seconds.
-    """
-    from .clips_xkd import ClipSpec, read_clips
-
-    clips = read_clips(
-        source,
-        ClipSpec(clip_duration, fps, sampling_rate),
-        num_clips,
-        video=decode_video,
-        audio=decode_audio,
-        require_video=require_video,
-        require_audio=require_audio,
-    )
-    return clips.decoded, clips.starts
 
 
 def load_audio(

@@ -31,7 +31,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from ..feature_extraction_xkd import XKDFeatureExtractor
 from ..log_mel_xkd import KINETICS_SOUND_MEAN, KINETICS_SOUND_STD
 from ..utils_io import atomic_write_text
 from .augment import audio_random_resize_crop
+from .sources import ClipSource
 
 
 logger = logging.getLogger(__name__)
@@ -56,44 +57,6 @@ _PATH_COLUMNS = ("video", "path", "file", "filename", "audio", "media", "bytes")
 # ----------------------------------------------------------------------------------------------------------------
 # Sources
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ClipSource:
-    """The raw inputs of a source before scanning.
-
-    Attributes:
-        description (`str`): what SRC was resolved to (printed in the scan report).
-        items (`list`): paths (``str``) for folder/list sources, row numbers (``int``) for a datasets source.
-        hf_dataset: the ``datasets.Dataset`` for a datasets source, else ``None``.
-        column (`str`, *optional*): the column of ``hf_dataset`` holding the media.
-    """
-
-    description: str
-    items: list
-    hf_dataset: Any = None
-    column: str | None = None
-
-    def media(self, item) -> Any:
-        """What :class:`~transformers_xkd.decoding_xkd.MediaReader` opens for an item: a path or bytes."""
-        if self.hf_dataset is None:
-            return item
-        value = self.hf_dataset[int(item)][self.column]
-        if isinstance(value, dict):
-            if value.get("bytes"):
-                return value["bytes"]
-            if value.get("path"):
-                return value["path"]
-            raise ValueError(f"row {item} of column {self.column!r} has neither 'bytes' nor 'path'")
-        return value
-
-    def name(self, item) -> str:
-        """A printable name for logs: the path, or ``row N`` (with its path when the row has one)."""
-        if self.hf_dataset is None:
-            return str(item)
-        value = self.hf_dataset[int(item)][self.column]
-        path = value.get("path") if isinstance(value, dict) else (value if isinstance(value, str) else None)
-        return f"row {item}" + (f" ({path})" if path else "")
 
 
 def _list_folder(root: str, extensions: Sequence[str]) -> list[str]:

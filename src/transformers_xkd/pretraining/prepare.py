@@ -38,12 +38,11 @@ import numpy as np
 
 from ..decoding_xkd import MediaDecodingError, MediaReader, target_frame_times
 from ..utils_io import atomic_write_text
+from .shards import MANIFEST_FORMAT, MANIFEST_NAME
 
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "xkd-shards/1"
 AUDIO_CODECS = ("flac", "pcm_s16le", "pcm_f32le")
 _CHUNK_SECONDS = 4.0  # video is decoded, resized and encoded in windows of this length (bounded memory)
 

@@ -51,6 +51,19 @@ class CorruptCheckpointError(RunFolderError):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def flatten_config(prefix: str, value, out: dict) -> dict:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}`` (into ``out``): scalars kept, ``None`` as ``"null"``,
+    anything else as its ``str`` (what trackers and the resume comparison take)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            flatten_config(f"{prefix}.{k}" if prefix else k, v, out)
+    elif isinstance(value, (int, float, str, bool)) or value is None:
+        out[prefix] = value if value is not None else "null"
+    else:
+        out[prefix] = str(value)
+    return out
+
+
 def run_artifacts(output_dir: str) -> list[str]:
     """The names of :data:`RUN_ARTIFACTS` present in ``output_dir``."""
     if not os.path.isdir(output_dir):
@@ -123,9 +136,7 @@ def check_resume_config(output_dir: str, config: dict) -> list[str]:
             f"({'; '.join(changed_shapes)}). A checkpoint cannot continue with other shapes: resume with the saved "
             "configuration, or start a new run in another --output-dir (or with --overwrite)."
         )
-    from .trainer import _flatten
-
-    before, now = _flatten("", saved, {}), _flatten("", config, {})
+    before, now = flatten_config("", saved, {}), flatten_config("", config, {})
     return [f"{k}: {before.get(k)} -> {now.get(k)}" for k in sorted(set(before) | set(now))
             if before.get(k) != now.get(k) and not k.startswith("debug.")]
 

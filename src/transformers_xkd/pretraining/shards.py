@@ -29,8 +29,10 @@ import tarfile
 
 import numpy as np
 
-from .data import ClipSource
-from .prepare import MANIFEST_FORMAT, MANIFEST_NAME
+from .sources import ClipSource
+
+MANIFEST_NAME = "manifest.json"  # written by .prepare next to the shards
+MANIFEST_FORMAT = "xkd-shards/1"
 
 
 def _is_url(src: str) -> bool:

@@ -46,9 +46,9 @@ from .data import (
     resolve_source,
 )
 from .run_folder import (
+    flatten_config as _flatten,
     CONFIG_NAME,
     INDEX_NAME,
-    RunFolderError,
     check_resume_config,
     check_run_folder,
     clear_run_folder,
@@ -479,17 +479,6 @@ def _worker_init(worker_id: int) -> None:
 
 def _to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
-def _flatten(prefix: str, value, out: dict) -> dict:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
-    elif isinstance(value, (int, float, str, bool)) or value is None:
-        out[prefix] = value if value is not None else "null"
-    else:
-        out[prefix] = str(value)
-    return out
 
 
 class JsonLinesLog:
