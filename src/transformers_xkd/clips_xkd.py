@@ -1,6 +1,6 @@
 """The clip layer: what a clip is, where clips start, which frames and samples they hold, how short inputs are padded.
 
-Every consumer of clips (the processors, ``decoding_xkd.decode_clips``, the pretraining dataset, the frozen-feature
+Every consumer of clips (the processors, :func:`decode_clips`, the pretraining dataset, the frozen-feature
 sampling of ``downstream.features``) calls this module for the rules below; each adds only its own augmentation.
 The rules are the released code's (``docs/architecture.md``, "clip rules"):
 
@@ -281,7 +281,7 @@ class Clips:
         video_metadata (`VideoMetadata`, or `None`): the source video (native frame count, fps, size, duration,
             ``video_backend`` ``"pyav"`` or ``"frames"``; ``frames_indices`` for raw frames, clip after clip).
         skipped_packets (`int`): undecodable packets the decoder skipped.
-        decoded (`list[DecodedMedia]`): per clip, for files (``decoding_xkd.decode_clips`` returns these).
+        decoded (`list[DecodedMedia]`): per clip, for files (:func:`decode_clips` returns these).
         info: the decoder's `MediaInfo` for files, else `None`.
     """
 
