@@ -519,3 +519,17 @@ def test_finetune_cli_lora_saves_adapter_and_a_merged_pipeline_folder(clips, che
         torch.testing.assert_close(merged(x).logits, adapter(pixel_values=x).logits, atol=1e-5, rtol=1e-5)
     clf = pipeline("video-classification", model=str(out_dir))
     assert {p["label"] for p in clf(str(clips / "test" / "red" / "red0.mp4"))} == {"red", "blue"}
+
+
+def test_an_unknown_protocol_is_refused_by_name(tmp_path, capsys):
+    """A misspelt --protocol used to fall back to the default clip counts silently."""
+    from transformers_xkd.downstream.runner import run_linear_eval
+
+    from transformers_xkd.downstream.runner import DownstreamUsageError
+
+    with pytest.raises(DownstreamUsageError, match=r"protocol: unknown clip-count preset 'ucf-101'.*ucf101"):
+        run_linear_eval(str(tmp_path), "folder", str(tmp_path), protocol="ucf-101")
+    with pytest.raises(SystemExit) as exc:
+        _run_cli("linear_eval", ["--checkpoint", str(tmp_path), "--dataset", "folder", "--data-root", str(tmp_path),
+                                 "--protocol", "ucf-101"])
+    assert exc.value.code == 2 and "invalid choice: 'ucf-101'" in capsys.readouterr().err

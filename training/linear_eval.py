@@ -21,6 +21,7 @@ import argparse
 import sys
 
 from transformers_xkd.cli import int_at_least, report_exit
+from transformers_xkd.downstream.features import LINEAR_EVAL_PROTOCOLS
 from transformers_xkd.downstream.runner import run_linear_eval
 
 
@@ -37,8 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--split-dir", default=None, help="folder of the official split lists")
     p.add_argument("--split", type=int, default=1, help="official split (UCF/HMDB 1-3) or ESC-50 test fold (1-5)")
     p.add_argument("--modality", default="video", choices=["video", "audio", "audio_visual"])
-    p.add_argument("--protocol", default=None, help="clip-count preset: ucf101, hmdb51, kinetics400, esc50, "
-                   "kinetics_sound (default: the dataset name)")
+    p.add_argument("--protocol", default=None, choices=[*LINEAR_EVAL_PROTOCOLS, "retrieval"],
+                   help="clip-count preset, or `retrieval` for video retrieval (default: the dataset's preset)")
     p.add_argument("--classifier", default="svm", choices=["svm", "fc"])
     p.add_argument("--costs", type=float, nargs="+", action="extend", default=None,
                    help="SVM costs (default: released sweep; repeated flags add up)")

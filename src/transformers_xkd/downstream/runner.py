@@ -281,6 +281,10 @@ def run_linear_eval(
     from .probe import PROBE_RECIPES, train_linear_probe
     from .svm import SVM_COST_SWEEPS, svm_sweep
 
+    if protocol is not None and protocol not in LINEAR_EVAL_PROTOCOLS:
+        # an unknown preset would otherwise fall back to the default clip counts without a word
+        raise DownstreamUsageError(f"protocol: unknown clip-count preset {protocol!r}; expected one of "
+                                   f"{', '.join(LINEAR_EVAL_PROTOCOLS)} (or none: the dataset's own)")
     name = protocol or dataset
     base = LINEAR_EVAL_PROTOCOLS.get(name, ClipProtocol(name=name, modality=modality))
     prot = replace(base, name=name, modality=modality, seed=seed,
