@@ -362,3 +362,25 @@ def test_a_datasets_source_with_bytes_is_prepared(raw, tmp_path):
     assert shards_source.sources == ["row 0", "row 1"]
     with MediaReader(shards_source.media(1)) as reader:
         assert reader.info.has_video and reader.info.has_audio and reader.info.height == SETTINGS.short_side
+
+
+def test_a_bug_while_preparing_stops_the_run_and_leaves_no_tar(tmp_path, monkeypatch):
+    """Bad input is reported per clip; a programming error is not swallowed as a "failed clip" (a NameError used to
+    turn every clip into a failure with a warning), and the half-written tar is removed."""
+    from transformers_xkd.pretraining import prepare
+
+    def broken(media, settings):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(prepare, "transcode_clip", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        prepare.build_shard(str(tmp_path), 0, [("clip.mp4", b"not read")], SETTINGS)
+    assert os.listdir(tmp_path) == []
+
+    def bad_input(media, settings):
+        raise prepare.MediaDecodingError("clip.mp4", "not a readable media file")
+
+    monkeypatch.setattr(prepare, "transcode_clip", bad_input)
+    index = prepare.build_shard(str(tmp_path), 0, [("clip.mp4", b"not read")], SETTINGS)
+    assert index["clips"] == [] and index["failures"][0]["source"] == "clip.mp4"
+    assert "not a readable media file" in index["failures"][0]["error"]

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..decoding_xkd import MediaDecodingError, MediaReader, target_frame_times
-from ..utils_io import atomic_write_text
+from ..utils_io import atomic_path, atomic_write_text
 from .shards import MANIFEST_FORMAT, MANIFEST_NAME
 
 
@@ -86,16 +86,12 @@ class PrepareSettings:
             raise ValueError(f"audio_codec must be one of {AUDIO_CODECS}, got {self.audio_codec!r}")
 
 
-def _even(x: float) -> int:
-    return max(2, int(round(x / 2.0)) * 2)  # H.264 with yuv420p needs even sizes
-
-
 def transcode_clip(media: Any, settings: PrepareSettings) -> tuple[bytes, dict]:
     """One input (path, bytes or file object) -> (Matroska bytes, metadata dict). Raises ``MediaDecodingError``
     (naming the input) when it has no video or audio stream or cannot be decoded."""
     import av
-    import torch
 
+    from ..clips_xkd import shorter_side_size
     from .data import resize_short_side
 
     started = time.perf_counter()
@@ -115,14 +111,12 @@ def transcode_clip(media: Any, settings: PrepareSettings) -> tuple[bytes, dict]:
         rate = fractions.Fraction(fps).limit_denominator(1001)
         num_frames = max(1, int(math.floor(duration * fps + 1e-6)))
         num_samples = int(round(duration * settings.sampling_rate))
-        h, w = info.height, info.width
-        scale = settings.short_side / min(h, w)
-        out_h, out_w = (_even(h * scale), _even(w * scale))
-        # the shorter side is exactly short_side (even), the other keeps the aspect ratio rounded to even
-        if h <= w:
-            out_h = int(settings.short_side) + int(settings.short_side) % 2
-        else:
-            out_w = int(settings.short_side) + int(settings.short_side) % 2
+        # The training resize (the clip layer's shorter-side rule, longer side truncated). H.264 in yuv420p needs
+        # even sizes: an odd short side is rounded up before resizing, an odd longer side loses its last pixel
+        # column or row (a crop, not a second resampling).
+        short_side = int(settings.short_side) + int(settings.short_side) % 2
+        resized_h, resized_w = shorter_side_size(info.height, info.width, short_side)
+        out_h, out_w = resized_h - resized_h % 2, resized_w - resized_w % 2
 
         buffer = io.BytesIO()
         out = av.open(buffer, mode="w", format="matroska")
@@ -159,10 +153,7 @@ def transcode_clip(media: Any, settings: PrepareSettings) -> tuple[bytes, dict]:
             n = min(per_chunk, num_frames - index)
             times = target_frame_times(index / fps, n / fps, fps)[:n]
             frames = reader.read(frame_times=times, require_video=True).frames
-            resized = resize_short_side(frames, int(settings.short_side))  # (T, 3, H', W') uint8
-            if tuple(resized.shape[-2:]) != (out_h, out_w):
-                resized = torch.nn.functional.interpolate(resized.float(), size=(out_h, out_w), mode="bilinear",
-                                                          align_corners=False).round().clamp(0, 255).byte()
+            resized = resize_short_side(frames, short_side)[..., :out_h, :out_w]  # (T, 3, H', W') uint8
             for k, frame in enumerate(resized.permute(0, 2, 3, 1).numpy()):
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
                 vf.pts = index + k
@@ -195,7 +186,7 @@ def transcode_clip(media: Any, settings: PrepareSettings) -> tuple[bytes, dict]:
             "audio": {"codec": settings.audio_codec, "sampling_rate": int(settings.sampling_rate), "channels": 1,
                       "samples": num_samples},
         },
-        "original": {"width": w, "height": h, "fps": native, "video_codec": info.video_codec,
+        "original": {"width": info.width, "height": info.height, "fps": native, "video_codec": info.video_codec,
                      "audio_codec": info.audio_codec, "duration": info.duration},
         "bytes": len(data),
         "prepare_seconds": time.perf_counter() - started,
@@ -215,23 +206,15 @@ def _atomic_json(path: str, value: Any) -> None:
     atomic_write_text(path, json.dumps(value), fsync=True)
 
 
-def build_shard(output_dir: str, shard: int, entries: Sequence[tuple[str, Any]], settings: PrepareSettings) -> dict:
-    """Transcode ``entries`` (name, media) into shard ``shard``; returns (and writes) its index.
-
-    The tar is written under a temporary name and moved into place, then the index: an interrupted shard leaves
-    no index and is rebuilt from scratch by the next run.
-    """
-    import torch
-
-    torch.set_num_threads(1)  # one process per core
-    final = shard_path(output_dir, shard)
-    tmp = f"{final}.tmp{os.getpid()}"
+def _write_shard_tar(path: str, shard: int, entries: Sequence[tuple[str, Any]], settings: PrepareSettings):
+    """Transcode ``entries`` into the tar at ``path``; returns (clip metadata, failures, {key: (offset, size)})."""
     clips, failures = [], []
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for position, (name, media) in enumerate(entries):
             try:
                 data, meta = transcode_clip(media, settings)
-            except Exception as err:  # any bad input: reported by name, the shard goes on
+            except (ValueError, OSError, EOFError) as err:  # bad input (MediaDecodingError, PyAV's errors): reported
+                # by name and the shard goes on; a bug (NameError, TypeError...) still stops the run
                 failures.append({"source": name, "error": str(err) or type(err).__name__})
                 continue
             key = f"{shard:06d}_{position:06d}"
@@ -244,13 +227,27 @@ def build_shard(output_dir: str, shard: int, entries: Sequence[tuple[str, Any]],
             clips.append(meta)
     # where each .mkv member's bytes start: read back from the headers (what a reader seeks to)
     offsets = {}
-    with tarfile.open(tmp, "r") as tar:
+    with tarfile.open(path, "r") as tar:
         for member in tar.getmembers():
             if member.name.endswith(".mkv"):
                 offsets[member.name[:-4]] = (member.offset_data, member.size)
-    with open(tmp, "rb+") as f:
+    with open(path, "rb+") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, final)
+    return clips, failures, offsets
+
+
+def build_shard(output_dir: str, shard: int, entries: Sequence[tuple[str, Any]], settings: PrepareSettings) -> dict:
+    """Transcode ``entries`` (name, media) into shard ``shard``; returns (and writes) its index.
+
+    The tar is written under a temporary name and moved into place, then the index: an interrupted shard leaves
+    no index and is rebuilt from scratch by the next run.
+    """
+    import torch
+
+    torch.set_num_threads(1)  # one process per core
+    final = shard_path(output_dir, shard)
+    with atomic_path(final) as tmp:
+        clips, failures, offsets = _write_shard_tar(tmp, shard, entries, settings)
     index = {
         "format": MANIFEST_FORMAT, "shard": shard, "tar": os.path.basename(final),
         "tar_bytes": os.path.getsize(final), "settings": asdict(settings),
