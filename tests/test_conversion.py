@@ -33,10 +33,10 @@ from transformers_xkd.convert_original import (
     infer_config_from_backbones,
     infer_config_from_full_checkpoint,
     load_original_file,
-    push_folder_to_hub,
     save_folder_atomically,
     video_patch_weight_to_conv,
 )
+from transformers_xkd.hub import push_folder_to_hub
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "conversion" / "convert_xkd_original_to_hf.py"

@@ -1,18 +1,32 @@
-"""Model cards for converted XKD checkpoints.
+"""Model cards: the one builder for every folder the package writes.
 
-One template (`model_cards/template.md` at the repository root, jinja2 as `huggingface_hub.ModelCard` renders
-it) is filled per variant and pretraining dataset. The metadata carries the paper's reported downstream numbers
-as `model-index` results (`huggingface_hub.EvalResult`), license `cc-by-nc-4.0` (the released code's
-LICENSE file) and the paper's citation.
+Every card is a `huggingface_hub.ModelCard` whose metadata is `card_metadata` (a `ModelCardData`: license
+`cc-by-nc-4.0`, the released code's LICENSE file; `library_name: transformers`; `pipeline_tag`; the numbers as
+`model-index` `EvalResult` entries) and whose text ends with the paper's citation.
+
+* Converted checkpoints (`make_model_card`): the template `model_cards/template.md` at the repository root
+  (jinja2, rendered by `ModelCard.from_template`), filled per variant and pretraining dataset, with the paper's
+  reported downstream numbers.
+* Downstream classifiers (`make_downstream_card`: fine-tuning, linear SVM / probe; `make_distillation_card`: the
+  CCL / MNF students): the section functions below, with the numbers this package measured. transformers' own
+  `Trainer.create_model_card` writes no ``pipeline_tag`` and leaves ``model-index`` empty for video
+  classification (hf_conventions section 5), which is why these are built here.
+
+`save_card` writes a card as a folder's README.md; `transformers_xkd.hub.push_folder_to_hub` uploads the folder.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PAPER_RESULTS", "PaperResult", "paper_results", "make_model_card", "DEFAULT_TEMPLATE", "CITATION"]
+__all__ = [
+    "PAPER_RESULTS", "PaperResult", "paper_results", "make_model_card", "DEFAULT_TEMPLATE", "CITATION",
+    "MeasuredResult", "card_metadata", "make_downstream_card", "make_distillation_card", "save_card",
+]
 
+LICENSE = "cc-by-nc-4.0"
 PAPER_URL = "https://arxiv.org/abs/2211.13929"
 CODE_URL = "https://github.com/pritamqu/XKD"
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "template.md"
@@ -99,6 +113,24 @@ PAPER_RESULTS: dict[tuple[str, str], list[PaperResult]] = {
 }
 
 
+def card_metadata(model_name: str, pipeline_tag: str, tags: list[str], eval_results: list, *,
+                  datasets: list[str] | None = None, base_model: str | None = None, license: str = LICENSE):
+    """The card's YAML metadata (`huggingface_hub.ModelCardData`); `metrics` are the results' metric types."""
+    from huggingface_hub import ModelCardData
+
+    return ModelCardData(
+        model_name=model_name,
+        base_model=base_model,
+        datasets=datasets or None,
+        license=license,
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        tags=tags,
+        metrics=sorted({r.metric_type for r in eval_results}) or None,
+        eval_results=eval_results or None,
+    )
+
+
 def paper_results(variant: str, pretraining_dataset: str) -> list[PaperResult]:
     """The paper's numbers for one (variant, pretraining dataset); empty when the paper reports none."""
     return list(PAPER_RESULTS.get((variant, pretraining_dataset), []))
@@ -128,7 +160,7 @@ def make_model_card(
         config: the `XKDConfig` written next to the card (sizes shown in the card).
         sources: {name: {"file", "sha256"}} of the converted files, listed for provenance.
     """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import EvalResult, ModelCard
 
     if variant not in VARIANT_NAMES:
         raise ValueError(f"variant must be one of {tuple(VARIANT_NAMES)}, got {variant!r}.")
@@ -150,15 +182,10 @@ def make_model_card(
         )
         for r in results
     ]
-    card_data = ModelCardData(
-        model_name=name,
-        license="cc-by-nc-4.0",
-        library_name="transformers",
-        pipeline_tag="feature-extraction",
-        tags=["xkd", "self-supervised", "video", "audio", "audio-visual", "knowledge-distillation", variant],
-        datasets=[pretraining_dataset],
-        metrics=sorted({r.metric_type for r in results}) or None,
-        eval_results=eval_results or None,
+    card_data = card_metadata(
+        name, "feature-extraction",
+        ["xkd", "self-supervised", "video", "audio", "audio-visual", "knowledge-distillation", variant],
+        eval_results, datasets=[pretraining_dataset],
     )
     vcfg = config.video_config if config is not None else None
     acfg = config.audio_config if config is not None else None
@@ -186,3 +213,171 @@ def make_model_card(
         citation=CITATION,
     )
     return card
+
+
+def save_card(card, folder) -> Path:
+    """Write `card` as `folder/README.md` (replacing the Trainer's card) and return the path."""
+    path = Path(folder) / "README.md"
+    card.save(str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Downstream classifiers (measured numbers)
+# ----------------------------------------------------------------------------------------------------------------
+
+PIPELINE_TAGS = {"video": "video-classification", "audio": "audio-classification"}
+TASK_NAMES = {"video": "Video classification", "audio": "Audio classification"}
+
+
+@dataclass(frozen=True)
+class MeasuredResult:
+    """One number measured by this package (percent), for the card's ``model-index``.
+
+    Attributes:
+        dataset_type / dataset_name: Hub dataset id-like type (``"ucf101"``) and display name.
+        metric_type: ``"accuracy"`` or ``"map"``; metric_name: e.g. ``"Top-1 accuracy (linear SVM, C=0.01)"``.
+        value: the number.
+        split / config: dataset split (``"test"``) and config (``"split1"``, ``"fold1"``), optional.
+    """
+
+    dataset_type: str
+    dataset_name: str
+    metric_type: str
+    metric_name: str
+    value: float
+    split: str | None = "test"
+    config: str | None = None
+
+
+def _is_hub_id(value: str | None) -> bool:
+    # a local folder is not a Hub id; the card's base_model must name a repo others can open
+    return bool(value) and not os.path.exists(str(value)) and str(value).count("/") == 1
+
+
+def _measured_eval_results(modality: str, results: list[MeasuredResult]) -> list:
+    from huggingface_hub import EvalResult
+
+    return [
+        EvalResult(
+            task_type=PIPELINE_TAGS[modality], task_name=TASK_NAMES[modality],
+            dataset_type=r.dataset_type, dataset_name=r.dataset_name, dataset_split=r.split,
+            dataset_config=r.config, metric_type=r.metric_type, metric_name=r.metric_name,
+            metric_value=round(float(r.value), 4),
+        )
+        for r in results
+    ]
+
+
+def _classifier_intro_section(model_name: str, modality: str, base_model: str | None, protocol: str) -> str:
+    base_text = f"[{base_model}](https://huggingface.co/{base_model})" if _is_hub_id(base_model) else (
+        f"`{base_model}`" if base_model else "an XKD checkpoint")
+    return f"""# {model_name}
+
+An XKD {modality} encoder ({base_text}) with a classification head trained by **{protocol}**, exported by
+[transformers-xkd]({CODE_URL}). XKD: *Cross-modal Knowledge Distillation with Domain Alignment for Video
+Representation Learning* (AAAI 2024, [paper]({PAPER_URL}))."""
+
+
+def _measured_results_section(results: list[MeasuredResult]) -> str:
+    rows = "\n".join(
+        f"| {r.dataset_name} | {r.config or ''} | {r.split or ''} | {r.metric_name} | {r.value:.2f} |" for r in results
+    ) or "| - | - | - | - | - |"
+    return f"""## Results (measured)
+
+| dataset | config | split | metric | value |
+|---|---|---|---|---|
+{rows}"""
+
+
+def _pipeline_usage_section(modality: str, repo_id: str | None) -> str:
+    return f"""## Usage
+
+```python
+from transformers import pipeline
+
+clf = pipeline("{PIPELINE_TAGS[modality]}", model="{repo_id or '<repo_id>'}", trust_remote_code=True)
+print(clf("clip.{'mp4' if modality == 'video' else 'wav'}"))
+```
+
+With `pip install transformers-xkd`, `import transformers_xkd` registers the classes and `trust_remote_code` is
+not needed. Decoding uses PyAV (`pip install av`); no torchvision, torchaudio or ffmpeg program is required."""
+
+
+def _training_procedure_section(protocol: str, details: dict | None) -> str:
+    detail_rows = "\n".join(f"| {k} | {v} |" for k, v in (details or {}).items())
+    return f"""## Training procedure
+
+| setting | value |
+|---|---|
+| protocol | {protocol} |
+{detail_rows}"""
+
+
+def _license_section() -> str:
+    return "## License\n\nCC BY-NC 4.0, the license of the original XKD code release."
+
+
+def _citation_section() -> str:
+    return f"## Citation\n\n```bibtex\n{CITATION}\n```"
+
+
+def make_downstream_card(
+    modality: str,
+    model_name: str,
+    results: list[MeasuredResult],
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    protocol: str = "fine-tuning",
+    details: dict | None = None,
+    license: str = LICENSE,
+    repo_id: str | None = None,
+):
+    """A `huggingface_hub.ModelCard` for a downstream XKD classifier.
+
+    Args:
+        modality: ``"video"`` or ``"audio"`` (sets ``pipeline_tag``).
+        model_name: the model-index name.
+        results: measured numbers.
+        base_model: the pretrained XKD repo id (omitted from the metadata when it is a local path).
+        datasets: Hub dataset ids/names the classifier was trained on.
+        protocol: ``"fine-tuning"``, ``"linear SVM"`` or ``"linear probe"`` (prose only).
+        details: hyper-parameters shown in a table.
+        repo_id: used in the usage snippet.
+    """
+    from huggingface_hub import ModelCard
+
+    if modality not in PIPELINE_TAGS:
+        raise ValueError(f"modality must be 'video' or 'audio', got {modality!r}")
+    data = card_metadata(
+        model_name, PIPELINE_TAGS[modality], ["xkd", modality, PIPELINE_TAGS[modality], protocol.replace(" ", "-")],
+        _measured_eval_results(modality, results), datasets=datasets,
+        base_model=base_model if _is_hub_id(base_model) else None, license=license,
+    )
+    sections = [
+        _classifier_intro_section(model_name, modality, base_model, protocol),
+        _measured_results_section(results),
+        _pipeline_usage_section(modality, repo_id),
+        _training_procedure_section(protocol, details),
+        _license_section(),
+        _citation_section(),
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+
+
+DISTILLATION_METHOD_NAMES = {"ccl": "CCL", "mnf-csc": "MNF + CSC", "baseline": "supervised baseline"}
+
+
+def make_distillation_card(results: dict, repo_id: str | None = None):
+    """The card of a distilled video student (`downstream.distill.run_distillation`'s `results`): its top-1
+    over sliding 16-frame windows and, when measured, retrieval R@1, on the user's own labelled clips."""
+    name = DISTILLATION_METHOD_NAMES[results["method"]]
+    measured = [MeasuredResult("custom", "custom", "accuracy", "Top-1 (sliding 16-frame windows)", results["top1"])]
+    if "retrieval" in results:
+        measured.append(MeasuredResult("custom", "custom", "recall", "Retrieval R@1", results["retrieval"]["R@1"]))
+    recipe = results["recipe"]
+    details = {"method": name, "teachers": ", ".join(results["teachers"]) or "none",
+               "student": results["student"], "optimizer": recipe["optimizer"],
+               "learning rate": recipe["lr"], "batch size": recipe["batch_size"]}
+    return make_downstream_card("video", f"{name} student ({results['student']})", measured,
+                                protocol="supervised distillation", details=details, repo_id=repo_id)
