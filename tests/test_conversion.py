@@ -698,6 +698,28 @@ def test_model_card_metadata_and_usage_snippet_runs(converted_folder):
     exec(compile(snippet, "README usage", "exec"), {})
 
 
+def test_model_card_sections_follow_the_folder():
+    from transformers_xkd.model_card import make_model_card
+
+    config = tiny_config("xkd-mas")
+    card = make_model_card(variant="xkd-mas", pretraining_dataset="audioset", model_id="me/pre", kind="pretraining",
+                           config=config, epoch=800, sources={"full": {"file": "checkpoint.pth.tar", "sha256": "ab12"}})
+    text = card.text
+    assert "The paper reports no downstream numbers" in text  # the paper has no MAS model pretrained on AudioSet
+    assert card.data.eval_results is None
+    assert "ViT-L video encoder" in text and "for 400 epochs" in text
+    assert "The full checkpoint records 800 completed training epochs." in text
+    assert "| full | `checkpoint.pth.tar` | `ab12` |" in text
+    assert 'XKDForPretraining.from_pretrained("me/pre")' in text and "preprocessing configurations" not in text
+    assert f"({config.video_config.num_patches} tokens)" in text and f"({config.audio_config.num_patches} tokens," in text
+    card = make_model_card(variant="xkd", model_id="me/enc", role="student", has_processors=True)
+    text = card.text
+    assert "holds the student encoders" in text and "To continue pretraining" not in text
+    assert "preprocessing configurations" in text and "completed training epochs" not in text and "| source | file | sha256 |" not in text
+    assert "32 frames of 112 x 112 pixels" in text and "| Video action recognition | UCF101 |" in text
+    assert "\n\n\n" not in card.content
+
+
 def test_push_without_network_keeps_folder(converted_folder, monkeypatch):
     import huggingface_hub
 

@@ -38,6 +38,7 @@ from ..decoding_xkd import MediaDecodingError, MediaReader, decode_media
 from ..hub import push_folder_to_hub
 from ..model_card import make_distillation_card, save_card
 from ..utils_io import atomic_path
+from ..video_processing_xkd import IMAGENET_MEAN, IMAGENET_STD
 from .datasets import SplitEntry, entries_to_dataset, media_paths
 from .features import ClipProtocol, sample_clips
 
@@ -62,9 +63,6 @@ __all__ = [
     "build_distillation_model",
     "run_distillation",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Released recipes (CCL: opts.py + scripts/run_ccl_*.sh; MNF: args.py + scripts/ucf_train_script.sh).
 # fps None = the file's native frame rate (CCL's HDF5 frames); MNF decodes at 4 fps. milestones are in epochs.

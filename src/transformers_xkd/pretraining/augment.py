@@ -18,10 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)  # (0.485, 0.456, 0.406), the released normalisation
-IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)  # (0.229, 0.224, 0.225)
+from ..video_processing_xkd import IMAGENET_MEAN, IMAGENET_STD  # transformers' ImageNet statistics (released)
 
 
 def released_blur_kernel_size(image_size: int) -> int:
