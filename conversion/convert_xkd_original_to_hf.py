@@ -59,8 +59,8 @@ def main(argv=None) -> int:
         ConversionError,
         convert_to_folders,
         load_config_file,
-        push_folder_to_hub,
     )
+    from transformers_xkd.hub import push_folder_to_hub
 
     try:
         config = None
@@ -79,7 +79,8 @@ def main(argv=None) -> int:
         print(f"wrote {name} folder: {folder}")
     if args.push_to_hub:
         try:
-            url = push_folder_to_hub(args.output_dir, args.repo_id)
+            url = push_folder_to_hub(args.output_dir, args.repo_id,
+                                     commit_message="Add XKD weights converted from the original release")
         except RuntimeError as err:
             return report_exit("convert_xkd_original_to_hf.py", 3, "the upload failed; the converted folder is complete", err)
         print(f"pushed {args.output_dir} to {url}")

@@ -33,10 +33,10 @@ from transformers_xkd.convert_original import (
     infer_config_from_backbones,
     infer_config_from_full_checkpoint,
     load_original_file,
-    push_folder_to_hub,
     save_folder_atomically,
     video_patch_weight_to_conv,
 )
+from transformers_xkd.hub import push_folder_to_hub
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "conversion" / "convert_xkd_original_to_hf.py"
@@ -696,6 +696,28 @@ def test_model_card_metadata_and_usage_snippet_runs(converted_folder):
     snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
     assert str(out) in snippet
     exec(compile(snippet, "README usage", "exec"), {})
+
+
+def test_model_card_sections_follow_the_folder():
+    from transformers_xkd.model_card import make_model_card
+
+    config = tiny_config("xkd-mas")
+    card = make_model_card(variant="xkd-mas", pretraining_dataset="audioset", model_id="me/pre", kind="pretraining",
+                           config=config, epoch=800, sources={"full": {"file": "checkpoint.pth.tar", "sha256": "ab12"}})
+    text = card.text
+    assert "The paper reports no downstream numbers" in text  # the paper has no MAS model pretrained on AudioSet
+    assert card.data.eval_results is None
+    assert "ViT-L video encoder" in text and "for 400 epochs" in text
+    assert "The full checkpoint records 800 completed training epochs." in text
+    assert "| full | `checkpoint.pth.tar` | `ab12` |" in text
+    assert 'XKDForPretraining.from_pretrained("me/pre")' in text and "preprocessing configurations" not in text
+    assert f"({config.video_config.num_patches} tokens)" in text and f"({config.audio_config.num_patches} tokens," in text
+    card = make_model_card(variant="xkd", model_id="me/enc", role="student", has_processors=True)
+    text = card.text
+    assert "holds the student encoders" in text and "To continue pretraining" not in text
+    assert "preprocessing configurations" in text and "completed training epochs" not in text and "| source | file | sha256 |" not in text
+    assert "32 frames of 112 x 112 pixels" in text and "| Video action recognition | UCF101 |" in text
+    assert "\n\n\n" not in card.content
 
 
 def test_push_without_network_keeps_folder(converted_folder, monkeypatch):

@@ -326,6 +326,30 @@ class FakeHfApi:
         return {"commit_message": commit_message}
 
 
+def test_push_checks_the_folder_first_and_leaves_caches_out(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from transformers_xkd.hub import push_folder_to_hub
+
+    FakeHfApi.remote_root, FakeHfApi.calls = tmp_path / "hub", []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    folder = tmp_path / "classifier"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="README.md"):
+        push_folder_to_hub(folder, "someone/clf")
+    (folder / "README.md").write_text("card")
+    with pytest.raises(ValueError, match="safetensors"):
+        push_folder_to_hub(folder, "someone/clf")
+    assert FakeHfApi.calls == []  # nothing reached the Hub
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "features.npz").write_bytes(b"cache")
+    push_folder_to_hub(folder, "someone/clf", commit_message="msg")
+    assert FakeHfApi.calls == [("create_repo", "someone/clf", True), ("upload_folder", "someone/clf", "msg")]
+    pushed = sorted(p.name for p in (tmp_path / "hub" / "someone" / "clf").iterdir())
+    assert pushed == ["README.md", "config.json", "model.safetensors"]
+
+
 def _run_cli(script: str, argv: list[str]):
     import importlib.util
 

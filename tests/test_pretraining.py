@@ -474,6 +474,46 @@ def test_end_to_end_writes_checkpoints_and_exports_that_load(straight_run):
     assert XKDFeatureExtractor.from_pretrained(out / "teachers").feature_size == 16
 
 
+class _GatheringAccelerator:
+    """Stands in for accelerate under FSDP/DeepSpeed: `get_state_dict` returns the gathered full parameters,
+    which differ from what the live (sharded) module holds."""
+
+    is_main_process = True
+
+    def __init__(self, gathered):
+        self.gathered = gathered
+
+    def get_state_dict(self, model):
+        return self.gathered
+
+    def unwrap_model(self, model):
+        return model
+
+    def wait_for_everyone(self):
+        pass
+
+
+def test_export_reads_the_gathered_state_dict(tmp_path):
+    """Both exported folders hold the gathered state dict's values, not the live module's (sharded) ones."""
+    from safetensors.torch import load_file
+
+    _, model_config, settings = tiny_settings()
+    torch.manual_seed(0)
+    model = XKDForPretraining(model_config)
+    gathered = {k: v.clone() + 1.0 if v.is_floating_point() else v.clone() for k, v in model.state_dict().items()}
+    expected = {k: v.clone() for k, v in gathered.items()}
+    from transformers_xkd.pretraining.trainer import export_models
+
+    paths = export_models(_GatheringAccelerator(gathered), model, str(tmp_path), settings)
+    teachers = load_file(os.path.join(paths["teachers"], "model.safetensors"))
+    assert set(teachers) == {k for k in expected if k.startswith(("video_model.", "audio_model."))}
+    for key, value in teachers.items():
+        assert torch.equal(value, expected[key]), key
+    full = load_file(os.path.join(paths["pretraining"], "model.safetensors"))
+    assert torch.equal(full["video_student.embeddings.cls_token"], expected["video_student.embeddings.cls_token"])
+    assert XKDModel.from_pretrained(paths["teachers"]).config.architectures == ["XKDModel"]
+
+
 def test_nonfinite_loss_stops_then_resume_gives_the_same_parameters(straight_run, media, tmp_path):
     """N/2 steps, a crash (non-finite loss at step 3, after the step-2 checkpoint), --resume to N: the final
     parameters equal the straight run's exactly."""

@@ -83,9 +83,7 @@ __all__ = [
     "infer_config_from_full_checkpoint",
     "build_model_from_backbones",
     "build_pretraining_model_from_checkpoint",
-    "teacher_state_dict_from_pretraining",
     "save_folder_atomically",
-    "push_folder_to_hub",
     "infer_role_from_filename",
 ]
 
@@ -591,6 +589,11 @@ def _strip_module_prefix(sd: Mapping[str, torch.Tensor], source: str) -> dict[st
     return {k[len("module."):]: v for k, v in sd.items()} if with_prefix else dict(sd)
 
 
+def _under_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of a released state dict under `prefix` (e.g. `vid_teacher.backbone.`), prefix removed."""
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
 def detect_full_checkpoint_variant(model_sd: Mapping[str, torch.Tensor]) -> str:
     """Variant of a full checkpoint's model state dict (prefix already stripped), from block sharing."""
     students = _blocks_identical(
@@ -698,7 +701,7 @@ def convert_full_checkpoint(checkpoint: Mapping, config, source: str = "--full-c
         enc_cfg = config.video_config if modality == "video" else config.audio_config
         for role, dst in (("teacher", f"{modality}_model."), ("student", f"{modality}_student.")):
             prefix = f"{m}_{role}.backbone."
-            part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            part = _under_prefix(sd, prefix)
             sub = _Report(source)
             got = _map_backbone(part, modality, enc_cfg, sub, src_prefix=prefix, dst_prefix=dst)
             # unmapped backbone keys stay unconsumed and are reported by the sweep below
@@ -751,15 +754,6 @@ def convert_full_checkpoint(checkpoint: Mapping, config, source: str = "--full-c
             consumed.add(src_key)
     report.unexpected += sorted(k for k in sd if k not in consumed)
     return _finish(mapped, expected, report)
-
-
-def teacher_state_dict_from_pretraining(pretraining_sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The teacher towers of an `XKDForPretraining` state dict as an `XKDModel` state dict.
-
-    The paper evaluates the teachers downstream (Sec. 4.6), and `XKDForPretraining` names them `video_model` /
-    `audio_model` exactly as `XKDModel` does, so this keeps those two prefixes and drops everything else.
-    """
-    return {k: v for k, v in pretraining_sd.items() if k.startswith(("video_model.", "audio_model."))}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -825,8 +819,7 @@ def infer_config_from_full_checkpoint(checkpoint: Mapping, variant: str, base_co
     from .configuration_xkd import XKDConfig
 
     sd = _strip_module_prefix(checkpoint.get("model", checkpoint), "--full-checkpoint")
-    video_sd = {k[len("vid_teacher.backbone."):]: v for k, v in sd.items() if k.startswith("vid_teacher.backbone.")}
-    audio_sd = {k[len("aud_teacher.backbone."):]: v for k, v in sd.items() if k.startswith("aud_teacher.backbone.")}
+    video_sd, audio_sd = _under_prefix(sd, "vid_teacher.backbone."), _under_prefix(sd, "aud_teacher.backbone.")
     config = infer_config_from_backbones(video_sd, audio_sd, variant, base_config)
     values = config.to_dict()
     try:
@@ -979,31 +972,6 @@ def save_folder_atomically(output_dir, write: Callable[[Path], None], *, overwri
     return output_dir
 
 
-def push_folder_to_hub(folder, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                       commit_message: str = "Add XKD weights converted from the original release") -> str:
-    """Upload a finished folder with huggingface_hub (token from `token`, HF_TOKEN or the saved login).
-
-    The folder is only read. Any failure (no network, no token, no permission) raises a `RuntimeError` that says
-    so and that the local folder is complete; the upload can be retried with `hf upload <repo_id> <folder>`.
-    Returns the commit URL.
-    """
-    from huggingface_hub import HfApi
-
-    folder = Path(folder)
-    try:
-        api = HfApi(token=token)
-        api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                                 commit_message=commit_message)
-    except Exception as err:  # network, auth and HTTP errors come in many types; all mean the same to the user
-        raise RuntimeError(
-            f"Pushing {folder} to the Hub repo {repo_id!r} failed ({type(err).__name__}: {err}). The converted "
-            f"folder {folder} is complete and unchanged; retry later with `hf upload {repo_id} {folder}` "
-            "(check your network and `hf auth login` / HF_TOKEN)."
-        ) from err
-    return str(getattr(info, "commit_url", info))
-
-
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -1071,8 +1039,6 @@ def convert_to_folders(
       teacher encoders as an `XKDModel` folder.
     Each folder is written to a temporary sibling and renamed into place only when complete.
     """
-    from .modeling_xkd import XKDModel
-
     if variant not in VARIANTS:
         raise ConversionError(f"--variant must be one of {VARIANTS}, got {variant!r}.")
     if (video_checkpoint is None) != (audio_checkpoint is None):
@@ -1111,9 +1077,7 @@ def convert_to_folders(
                 "sources": info["sources"], "epoch": info["epoch"]}
         jobs.append(("pretraining", pre_dir, pre_model, card, info, True))
         if export_teachers_dir is not None:
-            teachers = XKDModel(pre_model.config)
-            _load_exactly(teachers, teacher_state_dict_from_pretraining(pre_model.state_dict()), "teacher export")
-            teachers.eval()
+            teachers = pre_model.export_teachers().eval()
             tcard = {**card_common, "model_id": str(export_teachers_dir), "kind": "model", "role": "teacher",
                      "sources": info["sources"], "epoch": info["epoch"]}
             jobs.append(("teachers", Path(export_teachers_dir), teachers, tcard, {**info, "kind": "teachers-from-full"},

@@ -1,6 +1,6 @@
 """XKD log-mel feature extractor: a thin shell over the clip layer (``clips_xkd``) and the log-mel kernel (``log_mel_xkd``).
 
-Released recipe (spec section 6.4; the kernel's docstring gives the details and precision): a mono 16 kHz waveform
+Released recipe (`MelSpectrogramLibrosa`; the kernel's docstring gives details and precision): a mono 16 kHz waveform
 cut to ``clip_duration`` (4 s = 64,000 samples; the clip layer's start and padding rules), then the STFT (n_fft 1024,
 hop 143, periodic Hann, centred reflect padding), power + 2.2e-16, Slaney mel (80 mels, 0-8000 Hz), natural log after
 adding float32 eps, and ``(x - (-5.3688107)) / 4.410007``. 4 s gives 1 + 64000 // 143 = 448 frames; the output

@@ -1,6 +1,6 @@
 """XKD's log-mel kernel: the released ``MelSpectrogramLibrosa`` recipe, batched in torch (no librosa).
 
-Released recipe (spec section 6.4), reproduced to <= 1e-4 after normalisation (tested against librosa):
+Released recipe (`MelSpectrogramLibrosa`), reproduced to <= 1e-4 after normalisation (tested against librosa):
 
 1. mono 16 kHz waveform, trimmed or zero-padded to ``clip_duration`` (4 s = 64,000 samples);
 2. STFT: n_fft 1024, hop 143, periodic Hann window of 1024, centred frames with reflect padding;
@@ -52,7 +52,7 @@ import torch
 from transformers.audio_utils import mel_filter_bank
 
 
-# Released constants (spec section 6.4).
+# Released constants (the released `MelSpectrogramLibrosa`).
 POWER_EPSILON = 2.2e-16
 LOG_EPSILON = float(np.finfo(np.float32).eps)  # 1.1920929e-07
 KINETICS_SOUND_MEAN = -5.3688107

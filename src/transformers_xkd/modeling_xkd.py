@@ -1161,7 +1161,8 @@ class XKDDecoder(nn.Module):
         x = self.decoder_embed(latent)
         batch, visible, width = x.shape
         if ids_restore.shape[1] != self.num_patches:
-            # The released decoder never sees another size (its interpolation formula is wrong, spec §8.9).
+            # The released MAE only ever decodes full-size global views; its decoder's own position-embedding
+            # interpolation keeps a grid formula (N // tubelet) that the released encoder code marks as wrong.
             raise ValueError(
                 f"the reconstruction decoder expects the pretraining size ({self.num_patches} patches), "
                 f"got {ids_restore.shape[1]}."
@@ -1864,9 +1865,16 @@ class XKDForPretraining(XKDPreTrainedModel):
             audio_teacher_spread=spread_a,
         )
 
-    def export_teachers(self) -> XKDModel:
-        """A standalone `XKDModel` holding copies of the teacher towers (what the paper evaluates)."""
+    def export_teachers(self, state_dict: dict[str, torch.Tensor] | None = None) -> XKDModel:
+        """A standalone `XKDModel` holding copies of the teacher towers (what the paper evaluates, Sec. 4.6).
+
+        The teachers are `video_model` / `audio_model` here, named exactly as in `XKDModel`, so the export keeps
+        those two prefixes of the state dict and loads them strictly (a missing or extra key stops with its name).
+        `state_dict`: a full state dict of this model to read instead of the live one, e.g. the one
+        `accelerator.get_state_dict` gathers from sharded (FSDP / DeepSpeed) parameters; it is not modified.
+        The converter (`convert_original`) and the pretraining trainer both export through this method.
+        """
+        state = self.state_dict() if state_dict is None else state_dict
         model = XKDModel(self.config)
-        model.video_model.load_state_dict(self.video_model.state_dict())
-        model.audio_model.load_state_dict(self.audio_model.state_dict())
+        model.load_state_dict({k: v for k, v in state.items() if k.startswith(("video_model.", "audio_model."))})
         return model

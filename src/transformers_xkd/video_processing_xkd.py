@@ -1,7 +1,8 @@
 """XKD video processor: frames at 8 fps, shorter-side resize, centre crop, ImageNet normalisation (no torchvision).
 
-Released evaluation transform (spec sections 6.1, 6.3 and 7.2): 32 frames at 8 fps (4 s) picked on a 1/8 s grid;
-PIL-bilinear resize of the shorter side to 128 (= int(112 / 0.875)); centre crop 112; ``/255``; ImageNet mean/std.
+Released evaluation transform (the PyAV loader, `Basic` and the `codes/eval` test transform): 32 frames at 8 fps
+(4 s) picked on a 1/8 s grid; PIL-bilinear resize of the shorter side to 128 (= int(112 / 0.875)); centre crop 112;
+``/255``; ImageNet mean/std.
 
 A thin processor, as transformers' newer ``video_processing_*.py`` are: the defaults are class attributes, clips
 come from the clip layer (``clips_xkd``: start times, frame choice, padding, shorter-side resize) and the one hook,

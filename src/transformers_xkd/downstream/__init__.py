@@ -3,7 +3,8 @@
 Modules: :mod:`.datasets` (labelled folders, UCF101 / HMDB51 / ESC-50 split lists, missing-file reports),
 :mod:`.features` (clip sampling, late fusion, cached feature extraction), :mod:`.svm` (released cost sweeps),
 :mod:`.probe` (FC probe, mAP), :mod:`.finetune` (layer-wise LR decay, batched augmentation, multi-view testing),
-:mod:`.hub` (model cards with measured results, pushes), :mod:`.metrics` (offline top-k / mAP),
+:mod:`.linear_export` (a linear head as a classifier folder; its card: ``model_card``, its push: ``hub``),
+:mod:`.metrics` (offline top-k / mAP),
 :mod:`.lora` (LoRA fine-tuning with PEFT: apply, save/load adapter, merge into a plain folder).
 """
 

@@ -35,7 +35,10 @@ from transformers.utils import logging
 
 from ..configuration_xkd_distillation import KINETICS_MEAN, KINETICS_STD, XKDDistillationConfig
 from ..decoding_xkd import MediaDecodingError, MediaReader, decode_media
+from ..hub import push_folder_to_hub
+from ..model_card import make_distillation_card, save_card
 from ..utils_io import atomic_path
+from ..video_processing_xkd import IMAGENET_MEAN, IMAGENET_STD
 from .datasets import SplitEntry, entries_to_dataset, media_paths
 from .features import ClipProtocol, sample_clips
 
@@ -60,9 +63,6 @@ __all__ = [
     "build_distillation_model",
     "run_distillation",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Released recipes (CCL: opts.py + scripts/run_ccl_*.sh; MNF: args.py + scripts/ucf_train_script.sh).
 # fps None = the file's native frame rate (CCL's HDF5 frames); MNF decodes at 4 fps. milestones are in epochs.
@@ -727,11 +727,9 @@ def run_distillation(
     export_dir = output_dir / "classifier"
     model.export_classifier(export_dir, recipe_video_processor(recipe, train=False))
     model.save_pretrained(str(output_dir / "distillation_model"))
-    _write_card(export_dir, results, push_to_hub)
+    save_card(make_distillation_card(results, push_to_hub), export_dir)
     (output_dir / "distill_results.json").write_text(json.dumps(results, indent=2, default=_json_default))
     if push_to_hub:
-        from .hub import push_folder_to_hub
-
         push_folder_to_hub(export_dir, push_to_hub, commit_message=f"Upload {method} student")
     return results
 
@@ -765,18 +763,3 @@ def _feature_extractor_for(audio_model, fe, recipe: dict):
     hop = getattr(fe, "hop_length", 143)
     samples = (cfg.max_length - 1) * hop
     return XKDFeatureExtractor(feature_size=cfg.num_mel_bins, clip_duration=samples / fe.sampling_rate)
-
-
-def _write_card(folder, results: dict, repo_id: str | None) -> None:
-    from .hub import MeasuredResult, make_downstream_card, write_model_card
-
-    names = {"ccl": "CCL", "mnf-csc": "MNF + CSC", "baseline": "supervised baseline"}
-    measured = [MeasuredResult("custom", "custom", "accuracy", "Top-1 (sliding 16-frame windows)", results["top1"])]
-    if "retrieval" in results:
-        measured.append(MeasuredResult("custom", "custom", "recall", "Retrieval R@1", results["retrieval"]["R@1"]))
-    details = {"method": names[results["method"]], "teachers": ", ".join(results["teachers"]) or "none",
-               "student": results["student"], "optimizer": results["recipe"]["optimizer"],
-               "learning rate": results["recipe"]["lr"], "batch size": results["recipe"]["batch_size"]}
-    card = make_downstream_card("video", f"{names[results['method']]} student ({results['student']})", measured,
-                                protocol="supervised distillation", details=details, repo_id=repo_id)
-    write_model_card(folder, card)

@@ -1,4 +1,4 @@
-"""Frozen XKD features for linear evaluation (spec section 7.1), with per-video clip sampling and a disk cache.
+"""Frozen XKD features for linear evaluation (released `codes/eval`), with per-video clip sampling and a disk cache.
 
 Protocol (released eval code):
 
@@ -108,8 +108,8 @@ class ClipProtocol:
         return self.modality in ("audio", "audio_visual")
 
 
-# Released clip counts (spec section 7.2): UCF/HMDB 25 train clips, K400 3, ESC50 100, Kinetics-Sound 20; test 3
-# uniformly spaced clips (2 for Kinetics-Sound). ESC-50's audio test clips follow the same 3-clip rule.
+# Released clip counts (`codes/eval` configs): UCF/HMDB 25 train clips, K400 3, ESC50 100, Kinetics-Sound 20;
+# test 3 uniformly spaced clips (2 for Kinetics-Sound). ESC-50's audio test clips follow the same 3-clip rule.
 LINEAR_EVAL_PROTOCOLS: dict[str, ClipProtocol] = {
     "ucf101": ClipProtocol("ucf101", "video", 25, 3),
     "hmdb51": ClipProtocol("hmdb51", "video", 25, 3),

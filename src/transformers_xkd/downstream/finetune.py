@@ -1,4 +1,4 @@
-"""Full fine-tuning of XKD encoders with the transformers `Trainer` (spec section 7.3, paper Tables S6/S7).
+"""Full fine-tuning of XKD encoders with the transformers `Trainer` (released `codes/eval`, paper Tables S6/S7).
 
 * :func:`load_classifier`: `XKDForVideoClassification` / `XKDForAudioClassification` from any pretrained folder
   (pretraining, `XKDModel`, tower or classifier), with a fresh head for the new labels.
@@ -51,7 +51,7 @@ __all__ = [
     "finetune",
 ]
 
-# Released fine-tuning recipes (spec section 7.3). mixup/cutmix are Beta alphas; epochs/warmup in epochs.
+# Released fine-tuning recipes (`codes/eval` configs). mixup/cutmix are Beta alphas; epochs/warmup in epochs.
 FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
     "ucf101": dict(modality="video", lr=5e-4, layer_decay=0.45, weight_decay=0.05, warmup_epochs=5, epochs=100,
                    mixup=0.6, cutmix=0.5, label_smoothing=0.1, rand_augment=(4, 7), random_erasing=0.25,
@@ -62,7 +62,7 @@ FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
     "kinetics400": dict(modality="video", lr=5e-4, layer_decay=0.45, weight_decay=0.05, warmup_epochs=5, epochs=100,
                         mixup=0.6, cutmix=0.5, label_smoothing=0.1, rand_augment=(4, 7), random_erasing=0.25,
                         batch_size=24, test_clips=3, test_crops=3),
-    # ESC-50's released config lacks mixup/label-smoothing keys (spec section 8.18): none are applied.
+    # ESC-50's released config lacks mixup/label-smoothing keys that the released engine reads: none are applied.
     "esc50": dict(modality="audio", lr=1e-4, layer_decay=0.65, weight_decay=0.005, warmup_epochs=10, epochs=100,
                   mixup=0.0, cutmix=0.0, label_smoothing=0.0, volume_jitter=0.2, time_warp=20, freq_masks=2,
                   freq_mask_param=10, time_masks=2, time_mask_param=20, batch_size=64, test_clips=3, test_crops=1),
@@ -137,6 +137,19 @@ def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor, multi_label: b
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
+# Why not kornia's (0.9.0, checked by reading its source and running it): the released recipe is timm's `Mixup`
+# (mixup/cutmix alphas, label smoothing 0.1, switch prob 0.5, one lambda per batch, cutmix box clipped at the
+# edges with the lambda corrected to the pasted area) and `rand-m7-n4-mstd0.5-inc1` on every frame of a clip.
+# * `RandomMixUpV2` draws lambda from Uniform(lambda_val), not Beta(alpha, alpha) (UCF101/K400 use alpha 0.6), one
+#   lambda per sample, pairs with a random permutation, returns (label, partner, lambda) without label smoothing,
+#   and refuses (B, C, T, H, W) input.
+# * `RandomCutMixV2` keeps every box inside the image (never clipped), draws lambda and the on/off gate per sample,
+#   and has no mixup/cutmix switch or smoothing.
+# * `kornia.augmentation.auto.RandAugment` picks its n ops once per call for the whole batch (not per clip), uses a
+#   fixed magnitude (no mstd), maps colour/contrast/brightness/sharpness to one side of 1 (factor 1.36 at its
+#   m = 21, timm's m = 7, where timm's increasing ops give 1 +/- 0.63), and `VideoSequential(same_on_frame=True)`
+#   refuses it, so the same op on every frame of a clip cannot be had. So these two classes stay; `VideoRandAugment` is RandAugment-like
+#   (per-clip op choice, frame-consistent), not a bit-exact copy of timm's.
 class MixupCutmix:
     """Batched mixup / cutmix with label smoothing (timm's scheme: partner = the batch reversed).
 

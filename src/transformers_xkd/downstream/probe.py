@@ -1,4 +1,4 @@
-"""Linear (FC) probe on frozen features (spec section 7.3): K400 top-1, FSD50K multi-label mAP.
+"""Linear (FC) probe on frozen features (the released `codes/eval` linear configs): K400 top-1, FSD50K multi-label mAP.
 
 The probe is one `nn.Linear` (optionally after dropout) trained with AdamW on cached clip features; test scores
 are averaged over a video's clips (softmax, or sigmoid for multi-label) before the metric. Training on cached
@@ -20,7 +20,7 @@ from .metrics import average_by_video, classification_metrics
 
 __all__ = ["PROBE_RECIPES", "ProbeResult", "train_linear_probe"]
 
-# Released linear-probe recipes (spec section 7.3).
+# Released linear-probe recipes (the released `codes/eval` configs).
 PROBE_RECIPES = {
     "kinetics400": dict(lr=0.01, epochs=100, weight_decay=0.0, dropout=0.0, schedule="cosine"),
     "fsd50k": dict(lr=1e-3, epochs=50, weight_decay=0.0, dropout=0.3, schedule="constant", multi_label=True),

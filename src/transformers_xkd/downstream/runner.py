@@ -13,7 +13,9 @@ from pathlib import Path
 
 from .datasets import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, load_folder, load_split
 from .features import LINEAR_EVAL_PROTOCOLS, ClipProtocol, extract_features, load_backbone
-from .hub import MeasuredResult, export_linear_classifier, make_downstream_card, push_folder_to_hub, write_model_card
+from ..hub import push_folder_to_hub
+from ..model_card import MeasuredResult, make_downstream_card, save_card
+from .linear_export import export_linear_classifier
 
 __all__ = ["load_processors", "load_datasets", "run_linear_eval", "run_finetune", "DATASET_NAMES",
            "DownstreamUsageError", "parse_key_values", "check_recipe_overrides", "check_training_overrides",
@@ -245,7 +247,7 @@ def _finish_folder(output_dir, modality, results, checkpoint, datasets, protocol
                    base_model, name, private=None):
     card = make_downstream_card(modality, name, results, base_model=base_model or str(checkpoint),
                                 datasets=datasets, protocol=protocol, details=details, repo_id=push_to_hub)
-    write_model_card(output_dir, card)
+    save_card(card, output_dir)
     if push_to_hub:
         push_folder_to_hub(output_dir, push_to_hub, commit_message=f"XKD {protocol}: {name}", private=private)
 

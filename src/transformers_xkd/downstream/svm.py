@@ -1,4 +1,4 @@
-"""Linear SVM evaluation on frozen features (spec section 7.2).
+"""Linear SVM evaluation on frozen features (the released `codes/eval` SVM code).
 
 ``sklearn.svm.LinearSVC(C, max_iter=1000)`` (squared hinge, L2, one-vs-rest), one fit per cost of the released
 sweep; every training clip is a sample; at test time the decision values of a video's clips are averaged and the
@@ -18,7 +18,7 @@ from .metrics import average_by_video, top_k_accuracy
 
 __all__ = ["SVM_COST_SWEEPS", "SVMSweepResult", "svm_sweep", "svm_to_linear"]
 
-# Released cost sweeps per dataset (spec section 7.2), in the released order.
+# Released cost sweeps per dataset (the released `codes/eval` configs), in the released order.
 SVM_COST_SWEEPS: dict[str, list[float]] = {
     "ucf101": [0.001, 0.01, 0.1, 1.0],
     "hmdb51": [0.001, 0.01, 0.1, 1.0],

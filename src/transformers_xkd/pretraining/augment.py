@@ -1,4 +1,4 @@
-"""Augmentations of XKD pretraining (spec section 6.3-6.4, paper Tables S1/S2).
+"""Augmentations of XKD pretraining (the released `StrongTransforms2` and `SpecAug`, paper Tables S1/S2).
 
 Video augmentations run batched on the training device: a per-clip random resized crop (the same box on every frame
 of a view, boxes drawn inside each clip's real size so the batch padding is never seen), then a kornia
@@ -18,10 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)  # (0.485, 0.456, 0.406), the released normalisation
-IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)  # (0.229, 0.224, 0.225)
+from ..video_processing_xkd import IMAGENET_MEAN, IMAGENET_STD  # transformers' ImageNet statistics (released)
 
 
 def released_blur_kernel_size(image_size: int) -> int:
@@ -115,7 +113,7 @@ def _fixed_blur_class():
         """Gaussian blur with a FIXED anisotropic sigma, applied with probability ``p``.
 
         The released code passes ``sigma=(0.1, 2.0)`` to torchvision's functional blur, which reads it as
-        (sigma_x, sigma_y) = (0.1, 2.0), not as a range to sample from (spec section 6.3, note 11); kornia's
+        (sigma_x, sigma_y) = (0.1, 2.0), not as a range to sample from (the released `StrongTransforms2`); kornia's
         ``RandomGaussianBlur`` would sample an isotropic sigma instead, hence this class.
         """
 
@@ -192,7 +190,7 @@ def audio_random_resize_crop(
     virtual_crop_scale: Sequence[float] = (1.0, 1.5),
     crop_scale: Sequence[float] = (0.6, 1.5),
 ) -> torch.Tensor:
-    """BYOL-A random resize crop of one normalised log-mel (spec section 6.4), as the released local audio view.
+    """BYOL-A random resize crop of one normalised log-mel (the released `SpecAug`), as the released local audio view.
 
     1. a zero canvas of (mel x virtual_crop_scale[0], time x virtual_crop_scale[1]) (80 x 168 for 80 x 112) with the
        input in its centre;

@@ -1,6 +1,6 @@
 """Pretraining configuration: YAML files merged over the released defaults, plus ``--set key=value`` overrides.
 
-Sections (every key is listed in :data:`DEFAULT_CONFIG`, which holds the released recipe, spec sections 4-6):
+Sections (every key is listed in :data:`DEFAULT_CONFIG`, which holds the released `xkd.yaml` / `main_xkd.py` recipe):
 
 * ``model``: fields of :class:`~transformers_xkd.XKDConfig` (``video_config`` / ``audio_config`` as dicts); the view
   sizes come from here (global video ``num_frames`` x ``image_size``, local ``local_num_frames`` x

@@ -1,4 +1,4 @@
-"""Schedules of XKD pretraining (spec section 4.4, 4.7, 4.8), as pure functions of the step.
+"""Schedules of XKD pretraining (the released `main_xkd.py`; EMA momentum of paper Eq. 13), pure functions of the step.
 
 A pure function of the optimizer step needs no state of its own: a resumed run recomputes exactly the values the
 uninterrupted run would have used, and a checkpoint only has to store the step.

@@ -1,6 +1,6 @@
 """The XKD pretraining loop on accelerate (1 GPU, 8 GPUs, several machines; two processes on a CPU for tests).
 
-One optimizer step (spec section 4.8):
+One optimizer step (as the released `main_xkd.py`):
     for each of ``gradient_accumulation_steps`` micro-batches: views on the device -> ``XKDForPretraining`` forward
     (mixed precision through accelerate) -> backward (gradient sync only on the last micro-batch);
     then unscale (fp16) -> per-parameter clipping at 0.3 over ``student_parameters()`` (decoders are not clipped)
@@ -825,16 +825,10 @@ def export_models(accelerator, model, output_dir: str, settings: ClipSettings) -
     unwrapped = accelerator.unwrap_model(model)
     paths = {"pretraining": os.path.join(output_dir, "pretraining"), "teachers": os.path.join(output_dir, "teachers")}
     if accelerator.is_main_process:
+        # From the gathered full state dict (sharded parameters under FSDP/DeepSpeed), and before save_pretrained,
+        # which empties the dict it is given.
+        teachers = unwrapped.export_teachers(state_dict)
         unwrapped.save_pretrained(paths["pretraining"], state_dict=state_dict, safe_serialization=True)
-        if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
-            # sharded parameters: build the teachers from the gathered full state dict
-            from ..modeling_xkd import XKDModel
-
-            teachers = XKDModel(unwrapped.config)
-            keep = {k: v for k, v in state_dict.items() if k.startswith(("video_model.", "audio_model."))}
-            teachers.load_state_dict(keep)
-        else:
-            teachers = unwrapped.export_teachers()
         teachers.save_pretrained(paths["teachers"], safe_serialization=True)
         # Processors that fit the model (frames, mel bins, crop; the released evaluation transform: shorter side to
         # int(crop / 0.875), centre crop), with the run's audio settings (its clip, when it gives the model's frames).

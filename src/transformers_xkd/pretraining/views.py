@@ -1,4 +1,4 @@
-"""Global and local views of a batch, made on the training device (spec section 6.2, paper Tables S1/S2).
+"""Global and local views of a batch, made on the training device (the released `GlobalLocalView`, paper Tables S1/S2).
 
 The DataLoader delivers (see :func:`.data.collate_clips`) the decoded clips resized to the training short side,
 the start frame of every local video view, and the finished audio views (log-mels are computed in the workers).

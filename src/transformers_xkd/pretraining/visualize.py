@@ -18,6 +18,8 @@ import os
 import numpy as np
 import torch
 
+from ..video_processing_xkd import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["unpatchify_video", "unpatchify_audio", "reconstruction_arrays", "plot_reconstruction",
            "reconstruction_figure", "plot_training_log", "RECONSTRUCTION_DPI"]
 
@@ -67,7 +69,7 @@ def _denormalise_prediction(prediction: torch.Tensor, target: torch.Tensor, norm
 
 @torch.no_grad()
 def reconstruction_arrays(model, pixel_values: torch.Tensor, input_values: torch.Tensor, seed: int = 0,
-                          image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225)) -> dict:
+                          image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD) -> dict:
     """Original, masked and reconstructed views of one clip, as numpy arrays ready to draw.
 
     Args:
