@@ -10,6 +10,7 @@ Tensor layouts (as VideoMAE and AST take them):
 """
 
 
+import copy
 import logging
 import math
 import os
@@ -1875,6 +1876,11 @@ class XKDForPretraining(XKDPreTrainedModel):
         The converter (`convert_original`) and the pretraining trainer both export through this method.
         """
         state = self.state_dict() if state_dict is None else state_dict
-        model = XKDModel(self.config)
+        # Its own copy of the config: saving the export must not add `AutoModel` to this model's config, and the
+        # exported folder must not name `XKDForPretraining` (whose weights it does not hold) for AutoModelForPreTraining.
+        config = copy.deepcopy(self.config)
+        if isinstance(getattr(config, "auto_map", None), dict):
+            config.auto_map = {k: v for k, v in config.auto_map.items() if k != "AutoModelForPreTraining"}
+        model = XKDModel(config)
         model.load_state_dict({k: v for k, v in state.items() if k.startswith(("video_model.", "audio_model."))})
         return model
