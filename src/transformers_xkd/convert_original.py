@@ -64,6 +64,8 @@ from pathlib import Path
 
 import torch
 
+from .utils_io import replace_folder
+
 __all__ = [
     "ConversionError",
     "load_original_file",
@@ -962,13 +964,7 @@ def save_folder_atomically(output_dir, write: Callable[[Path], None], *, overwri
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if output_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-        os.replace(output_dir, old / "previous")
-    os.replace(tmp, output_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, output_dir, aside=output_dir.parent / f".{output_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
     return output_dir
 
 

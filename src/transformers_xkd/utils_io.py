@@ -2,13 +2,15 @@
 
 ``os.replace`` is a rename on one file system, so a reader sees either the old file or the complete new one, never
 a truncated one; an interrupted run leaves at most a ``*.tmp<pid>`` file behind, which the next run overwrites.
-Folder commits (checkpoints, converted models) keep their own logic: they also move the previous folder aside.
+Folders (checkpoints, converted models) are written under a temporary name and swapped in with
+:func:`replace_folder`, which moves the previous folder aside first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 
 
@@ -44,4 +46,20 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+def replace_folder(staged: str | os.PathLike, final: str | os.PathLike, aside: str | os.PathLike) -> None:
+    """Move the finished folder ``staged`` onto ``final``; an existing ``final`` is first renamed to ``aside``.
+
+    All three live on one file system (same parent, typically), so each step is one rename: at any moment ``final``
+    is either the complete old folder or the complete new one. ``aside`` is deleted once the new folder is in
+    place; a run killed in between leaves it behind under the caller's naming pattern, for the caller's clean-up.
+    """
+    moved_aside = False
+    if os.path.exists(final):
+        os.replace(final, aside)
+        moved_aside = True
+    os.replace(staged, final)
+    if moved_aside:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "replace_folder"]

@@ -45,6 +45,7 @@ from .data import (
     load_or_scan,
     resolve_source,
 )
+from ..utils_io import replace_folder
 from .run_folder import (
     flatten_config as _flatten,
     CONFIG_NAME,
@@ -184,18 +185,13 @@ def commit_checkpoint(tmp_dir: str, root: str, step: int, keep_last: int) -> str
     with open(os.path.join(tmp_dir, COMPLETE_MARKER), "w") as f:
         json.dump({"step": step, "time": time.time()}, f)
     final = os.path.join(root, checkpoint_name(step))
-    trash = None
-    if os.path.exists(final):  # re-saving the same step (e.g. after a resume): swap, then delete the old one
-        trash = os.path.join(root, f".trash-{checkpoint_name(step)}-{os.getpid()}")
-        os.replace(final, trash)
-    os.replace(tmp_dir, final)
-    if trash:
-        shutil.rmtree(trash, ignore_errors=True)
+    # re-saving the same step (e.g. after a resume) swaps the folders, then deletes the old one
+    replace_folder(tmp_dir, final, aside=os.path.join(root, f".trash-{checkpoint_name(step)}-{os.getpid()}"))
     if keep_last and keep_last > 0:
         for _, old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     for name in os.listdir(root):
-        if name.startswith(".tmp-") and os.path.join(root, name) != tmp_dir:
+        if name.startswith((".tmp-", ".trash-")) and os.path.join(root, name) != tmp_dir:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     return final
 
