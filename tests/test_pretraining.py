@@ -106,7 +106,7 @@ def test_ema_momentum_cosine_0997_to_1():
     assert ema_momentum(0, total) == pytest.approx(0.997)
     assert ema_momentum(total, total) == pytest.approx(1.0)
     for step in (1, 250, 500, 999):
-        expected = 1 + 0.5 * (0.997 - 1) * (1 + math.cos(math.pi * step / total))  # the released per-iteration EMA schedule (models/xkd.py), as the paper states it
+        expected = 1 + 0.5 * (0.997 - 1) * (1 + math.cos(math.pi * step / total))  # released: per iteration, 0.997 -> 1
         assert ema_momentum(step, total) == pytest.approx(expected, abs=1e-12)
     assert ema_momentum(500, total) == pytest.approx(0.9985)
 
