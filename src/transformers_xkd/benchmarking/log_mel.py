@@ -11,7 +11,7 @@ from .harness import time_interleaved
 
 
 def librosa_recipe(waveform: np.ndarray, mel_basis: np.ndarray) -> np.ndarray:
-    """The released MelSpectrogramLibrosa on one clip (spec section 6.4): librosa.stft (n_fft 1024, hop 143,
+    """The released MelSpectrogramLibrosa on one clip (the recipe of log_mel_xkd.py): librosa.stft (n_fft 1024, hop 143,
     centred, reflect), power + 2.2e-16, Slaney mel (80, 0-8000), natural log after float32 eps, normalise.
     Returns (frames, mels)."""
     import librosa
