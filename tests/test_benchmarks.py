@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/run.py: the CPU suite at the smallest sizes writes a JSON with every field.
+"""Smoke test of benchmarks/run.py (over transformers_xkd.benchmarking): the CPU suite at the smallest sizes writes a
+JSON with every field.
 
 Speed is the benchmark's business, not the test suite's: nothing here asserts a timing or a goal's outcome, only
 that each measurement was taken and reported (a section silently dropped, or a field renamed, fails here).
@@ -100,15 +101,18 @@ def test_pretraining_section(smoke_results):
 def test_pretraining_analytic_flops_match_the_flop_counter():
     # The MFU of the gpu suite rests on the analytic count; torch's FlopCounterMode counts the same step from the
     # executed matmuls. They must agree closely (the analytic count omits only elementwise work).
-    runner = _load_runner()
     import torch
 
-    cfg = runner.pretraining_config("tiny", "eager")  # torch counts eager attention's matmuls, not CPU sdpa
-    batch = runner.pretraining_batch(cfg, 2, torch.device("cpu"))
+    from transformers_xkd.benchmarking.pretraining_step import (
+        analytic_step_flops, counted_step_flops, make_step, pretraining_batch, pretraining_config,
+    )
+
+    cfg = pretraining_config("tiny", "eager")  # torch counts eager attention's matmuls, not CPU sdpa
+    batch = pretraining_batch(cfg, 2, torch.device("cpu"))
     for variant in ("full", "mae"):
-        _, step = runner.make_step(variant, cfg, batch, torch.device("cpu"), "fp32", None)
-        counted = runner.counted_step_flops(step)
-        analytic = runner.analytic_step_flops(cfg, 2)[variant]
+        _, step = make_step(variant, cfg, batch, torch.device("cpu"), "fp32", None)
+        counted = counted_step_flops(step)
+        analytic = analytic_step_flops(cfg, 2)[variant]
         assert abs(counted - analytic) / counted < 0.03, (variant, counted, analytic)
 
 
@@ -158,8 +162,47 @@ def test_gpu_suite_code_path_runs_on_cpu(tmp_path):
 
 
 def test_ast_geometry_matches_token_counts():
-    runner = _load_runner()
-    g = runner.ast_geometry(80, 560, 448)
+    from transformers_xkd.benchmarking.encoders import ast_geometry
+
+    g = ast_geometry(80, 560, 448)
     assert g["num_patch_tokens"] == 560 == g["frequency_patches"] * g["time_patches"]
     assert (80 - 16) // g["frequency_stride"] + 1 == g["frequency_patches"]
     assert (g["max_length"] - 16) // g["time_stride"] + 1 == g["time_patches"]
+
+
+def test_one_machine_description_for_both_benchmarks():
+    # benchmarks/run.py (device names) and the learning benchmark (results' "machine") read the same helper
+    from transformers_xkd.benchmarking import harness
+    from transformers_xkd.pretraining import learning_benchmark
+
+    assert learning_benchmark.machine_description is harness.machine_description
+    description = harness.machine_description()
+    assert description.startswith(harness.cpu_name() + ", ")
+    assert f", {harness.usable_cpus()} CPU cores" in description
+
+
+def test_memory_child_measures_one_variant_with_this_checkout():
+    import torch
+
+    import transformers_xkd
+    from transformers_xkd.benchmarking.pretraining_step import _memory_child_command, child_memory
+
+    threads = torch.get_num_threads()
+    try:
+        mem = child_memory("mae", "tiny", "sdpa", "fp32", 2)
+    finally:
+        torch.set_num_threads(threads)
+    assert mem["peak_rss_mb"] >= mem["rss_before_steps_mb"] > 0
+    cmd, env = _memory_child_command("full_ckpt", "tiny", "sdpa", "fp32", 2)
+    assert cmd[1:3] == ["-m", "transformers_xkd.benchmarking.pretraining_step"] and "full_ckpt" in cmd
+    # the child imports the package this process imported (a checkout's src/), not another installed copy
+    assert env["PYTHONPATH"].split(":")[0] == str(pathlib.Path(transformers_xkd.__file__).resolve().parents[1])
+
+
+def test_command_line_names_bad_arguments(tmp_path):
+    runner = _load_runner()
+    with pytest.raises(SystemExit, match="--sections: unknown \\['lgomel'\\]"):
+        runner.main(["--sections", "logmel,lgomel", "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--media .*not a folder"):
+        runner.main(["--sections", "data", "--media", str(tmp_path / "missing"), "--out-dir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing written

@@ -363,10 +363,10 @@ def labelled(tmp_path_factory):
             write_media(root / "broken" / split / name / f"{name}.mp4", duration=1.5)
     (root / "broken" / "train" / "b" / "bad.mp4").write_bytes(b"not a video" * 50)
     model = root / "model"
-    from conftest import make_tiny_xkd_config
     from transformers_xkd import XKDModel
+    from xkd_testers import XKDModelTester
 
-    XKDModel(make_tiny_xkd_config()).save_pretrained(model)
+    XKDModel(XKDModelTester().get_config()).save_pretrained(model)
     (root / "no_config").mkdir()
     return root
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_xkd_config
 from transformers_xkd import XKDFeatureExtractor, XKDForVideoClassification, XKDModel, XKDVideoProcessor
 from transformers_xkd.downstream import (
     ClipProtocol,
@@ -41,8 +40,10 @@ from transformers_xkd.downstream.finetune import (
     parameter_layer_id,
 )
 from transformers_xkd.downstream.metrics import mean_average_precision, top_k_accuracy
+from xkd_testers import XKDModelTester
 
 REPO = Path(__file__).resolve().parents[1]
+model_tester = XKDModelTester()
 CLASSES = {"red": ((200, 30, 30), 300.0), "blue": ((30, 30, 200), 1500.0)}
 
 
@@ -106,7 +107,7 @@ def checkpoint(tmp_path_factory):
     """A tiny XKDModel folder with processors whose output sizes match it."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("ckpt")
-    XKDModel(make_tiny_xkd_config()).save_pretrained(folder)
+    XKDModel(model_tester.get_config()).save_pretrained(folder)
     _tiny_video_processor().save_pretrained(folder)
     _tiny_feature_extractor().save_pretrained(folder)
     return folder
@@ -217,7 +218,7 @@ def test_feature_cache_skips_extraction(clips, checkpoint, tmp_path, monkeypatch
 
 def test_layer_decay_groups_have_the_right_learning_rates(tmp_path):
     torch.manual_seed(0)
-    cfg = make_tiny_xkd_config().video_config
+    cfg = model_tester.get_config().video_config
     cfg.num_labels = 3
     model = XKDForVideoClassification(cfg)
     assert parameter_layer_id("video_model.embeddings.cls_token", 2) == 0
@@ -496,7 +497,7 @@ def test_real_spoken_digits_end_to_end(real_media, tmp_path):
     ds = load_folder(root, modality="audio")
     assert len(ds) == 10 and ds.features["label"].names == [str(i) for i in range(10)]
     torch.manual_seed(0)
-    model = XKDModel(make_tiny_xkd_config())
+    model = XKDModel(model_tester.get_config())
     fe = _tiny_feature_extractor(clip_duration=0.5, hop_length=126)  # 1 + 8000 // 126 = 64 frames
     prot = ClipProtocol("digits", "audio", train_clips=8, test_clips=2, seed=0)
     train = extract_features(model, ds, prot, "train", feature_extractor=fe, cache_dir=tmp_path / "c", progress=False)

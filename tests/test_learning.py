@@ -6,18 +6,20 @@ import math
 import pytest
 import torch
 
-from conftest import make_tiny_batch, make_tiny_xkd_config
 from transformers_xkd import XKDForPretraining
 from transformers_xkd.modeling_xkd import teacher_collapse_statistics
+from xkd_testers import XKDModelTester
+
+model_tester = XKDModelTester()
 
 
 def _pair(objective: str, batch: int = 3):
     """A full-XKD model and one with ``objective``, same weights, same inputs and masking noise."""
     torch.manual_seed(0)
-    full = XKDForPretraining(make_tiny_xkd_config())
-    other = XKDForPretraining(make_tiny_xkd_config(objective=objective))
+    full = XKDForPretraining(model_tester.get_config())
+    other = XKDForPretraining(model_tester.get_config(objective=objective))
     other.load_state_dict(full.state_dict())
-    inputs = make_tiny_batch(full.config, batch=batch, seed=1)
+    inputs = model_tester.pretraining_inputs(full.config, batch_size=batch, seed=1)
     g = torch.Generator().manual_seed(2)
     inputs["video_noise"] = torch.rand(batch, full.config.video_config.num_patches, generator=g)
     inputs["audio_noise"] = torch.rand(batch, full.config.audio_config.num_patches, generator=g)
@@ -75,7 +77,7 @@ def test_objective_mae_kd_skips_only_the_alignment():
 
 def test_objective_is_validated():
     with pytest.raises(ValueError, match="objective must be one of"):
-        make_tiny_xkd_config(objective="kd")
+        model_tester.get_config(objective="kd")
 
 
 def test_teacher_collapse_statistics_against_hand_computation():
@@ -112,7 +114,7 @@ def _run_monitor(model, steps: int = 6, patience: int = 3):
     model.train()
     for step in range(steps):
         with torch.no_grad():
-            out = model(**make_tiny_batch(model.config, batch=4, seed=10 + step))
+            out = model(**model_tester.pretraining_inputs(model.config, batch_size=4, seed=10 + step))
         records.append(_monitor_values(out))
         message = monitor.check(records[-1])
         if message:
@@ -122,7 +124,7 @@ def _run_monitor(model, steps: int = 6, patience: int = 3):
 
 def test_collapse_monitor_is_quiet_on_a_healthy_model():
     torch.manual_seed(0)
-    warnings, records = _run_monitor(XKDForPretraining(make_tiny_xkd_config()))
+    warnings, records = _run_monitor(XKDForPretraining(model_tester.get_config()))
     assert warnings == [], warnings
     assert records[0]["video_teacher_spread"] > 0.2  # at init the outputs differ between clips
 
@@ -133,7 +135,7 @@ def test_collapse_monitor_warns_on_the_uniform_collapse():
     torch.manual_seed(0)
     # center_momentum 0: the center reaches the constant after one step (the loss modules own it, so it is set
     # through the config they are built from)
-    model = XKDForPretraining(make_tiny_xkd_config(center_momentum=0.0))
+    model = XKDForPretraining(model_tester.get_config(center_momentum=0.0))
     with torch.no_grad():
         for head in (model.video_teacher_head, model.audio_teacher_head):
             head.layers[-1].weight.zero_()
@@ -151,8 +153,8 @@ def test_collapse_monitor_warns_on_the_uniform_collapse():
 def test_collapse_monitor_warns_when_one_dimension_dominates():
     # Force one output dimension to dominate for every clip: the last layer maps everything onto unit 0.
     torch.manual_seed(0)
-    model = XKDForPretraining(make_tiny_xkd_config(video_teacher_temperature=0.04, audio_teacher_temperature=0.04,
-                                                   center_momentum=0.999999))  # the center stays ~0, as early on
+    model = XKDForPretraining(model_tester.get_config(video_teacher_temperature=0.04, audio_teacher_temperature=0.04,
+                                                      center_momentum=0.999999))  # the center stays ~0, as early on
     with torch.no_grad():
         for head in (model.video_teacher_head, model.audio_teacher_head):
             head.layers[-1].weight.zero_()

@@ -7,7 +7,6 @@ import pathlib
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_AUDIO, TINY_VIDEO, make_tiny_batch, make_tiny_xkd_config
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -39,6 +38,9 @@ from transformers_xkd.modeling_xkd import (
     random_masking,
     refine_features,
 )
+from xkd_testers import XKDModelTester, XKDVideoModelTester
+
+model_tester = XKDModelTester()
 
 
 def video_input(config, batch=2, frames=None, size=None, seed=0):
@@ -103,11 +105,11 @@ def test_invalid_configs_raise_clear_errors(build, message):
 
 
 def test_sub_config_loads_from_composite_folder(tmp_path):
-    config = make_tiny_xkd_config("xkd-mas")
+    config = model_tester.get_config("xkd-mas")
     config.save_pretrained(tmp_path)
     assert XKDConfig.from_pretrained(tmp_path).variant == "xkd-mas"
     video = XKDVideoConfig.from_pretrained(tmp_path)
-    assert isinstance(video, XKDVideoConfig) and video.image_size == TINY_VIDEO["image_size"]
+    assert isinstance(video, XKDVideoConfig) and video.image_size == XKDVideoModelTester().image_size
     assert isinstance(AutoConfig.from_pretrained(tmp_path), XKDConfig)
 
 
@@ -360,21 +362,21 @@ def test_misuse_of_models_gets_clear_errors(tiny_video_config, tiny_audio_config
         classifier(x, labels=torch.tensor([0.0, 1.0]))
     assert classifier(x, labels=torch.tensor([2, -100])).loss.isfinite()  # ignore_index is allowed
     # audio and video of different batch sizes cannot be fused sample by sample
-    model = XKDModel(make_tiny_xkd_config()).eval()
+    model = XKDModel(model_tester.get_config()).eval()
     with pytest.raises(ValueError, match=r"different batch sizes: `pixel_values` 2, `input_values` 3"):
         model.get_audio_visual_features(x, audio_input(tiny_audio_config, batch=3))
-    pre = XKDForPretraining(make_tiny_xkd_config())
-    batch = make_tiny_batch(pre.config)
+    pre = XKDForPretraining(model_tester.get_config())
+    batch = model_tester.pretraining_inputs(pre.config)
     batch["local_input_values"] = batch["local_input_values"][:1]
     with pytest.raises(ValueError, match=r"different batch sizes: .*`local_input_values\[0\]` 1"):
         pre(**batch)
     # config keywords close to a field name
     with pytest.raises(ValueError, match=r"'hiden_size', which is not one of its fields; did you mean 'hidden_size'"):
-        XKDVideoConfig(**{**TINY_VIDEO, "hiden_size": 32})
+        XKDVideoConfig(**{**XKDVideoModelTester().config_kwargs(), "hiden_size": 32})
     with pytest.raises(ValueError, match=r"did you mean 'num_mel_bins'"):
         XKDAudioConfig(num_mel_bin=16)
     with pytest.raises(ValueError, match=r"XKDConfig got the keyword 'video_mask_ration'.*'video_mask_ratio'"):
-        make_tiny_xkd_config(video_mask_ration=0.5)
+        model_tester.get_config(video_mask_ration=0.5)
     with pytest.raises(ValueError, match=r"XKDVideoConfig got the keyword 'num_frame'"):
         XKDConfig(video_config={"num_frame": 8})
     # transformers' own keywords and unrelated metadata still pass
@@ -412,7 +414,7 @@ def test_audio_classification_multi_label_uses_bce(tiny_audio_config):
 
 
 def test_xkd_model_late_fusion_features():
-    model = XKDModel(make_tiny_xkd_config()).eval()
+    model = XKDModel(model_tester.get_config()).eval()
     v_cfg, a_cfg = model.config.video_config, model.config.audio_config
     pv, iv = video_input(v_cfg), audio_input(a_cfg)
     fused = model.get_audio_visual_features(pv, iv)
@@ -461,7 +463,7 @@ def test_audio_round_trip(tmp_path, tiny_audio_config, cls, auto):
 
 
 def test_towers_load_from_an_xkd_model_folder(tmp_path):
-    model = XKDModel(make_tiny_xkd_config()).eval()
+    model = XKDModel(model_tester.get_config()).eval()
     model.save_pretrained(tmp_path)
     assert type(AutoModel.from_pretrained(tmp_path)) is XKDModel
     v_cfg, a_cfg = model.config.video_config, model.config.audio_config
@@ -481,8 +483,8 @@ def test_towers_load_from_an_xkd_model_folder(tmp_path):
 @pytest.mark.parametrize("variant", ["xkd", "xkd-mas", "xkd-mats"])
 def test_pretraining_round_trip_and_teacher_towers(tmp_path, variant):
     torch.manual_seed(0)
-    model = XKDForPretraining(make_tiny_xkd_config(variant))
-    batch = make_tiny_batch(model.config)
+    model = XKDForPretraining(model_tester.get_config(variant))
+    batch = model_tester.pretraining_inputs(model.config)
     model(**batch).loss.backward()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     model.update_teachers(0.9)
@@ -661,8 +663,8 @@ def test_ema_update_formula():
 
 def test_center_update_inside_forward():
     torch.manual_seed(0)
-    model = XKDForPretraining(make_tiny_xkd_config()).train()
-    batch = make_tiny_batch(model.config)
+    model = XKDForPretraining(model_tester.get_config()).train()
+    batch = model_tester.pretraining_inputs(model.config)
     model.video_teacher_center.fill_(0.5)
     with torch.no_grad():
         teacher_in = batch["local_pixel_values"][:, 0]  # released: teachers see the first local view
@@ -746,8 +748,8 @@ def test_float64_is_kept_by_attention_weights_and_position_interpolation():
     assert _interpolate_audio_position_embeddings(pos, (2, 4), (2, 2)).dtype == torch.float64
     # float64 end to end through the pretraining forward
     torch.manual_seed(0)
-    model = XKDForPretraining(make_tiny_xkd_config()).double().eval()
-    batch = {k: v.double() for k, v in make_tiny_batch(model.config).items()}
+    model = XKDForPretraining(model_tester.get_config()).double().eval()
+    batch = {k: v.double() for k, v in model_tester.pretraining_inputs(model.config).items()}
     out = model(**batch)
     assert all(getattr(out, name).dtype == torch.float64 for name in (
         "loss", "video_reconstruction_loss", "distillation_loss", "student_alignment_loss", "video_teacher_entropy"))
@@ -768,7 +770,7 @@ def test_distillation_loss_module_owns_its_centre():
     loss.update_center(got[3])
     torch.testing.assert_close(loss.center, 0.9 * 0.25 + 0.1 * teacher.mean(0, keepdim=True))
     # in the model: one module per direction, each owning the centre of its teacher
-    model = XKDForPretraining(make_tiny_xkd_config())
+    model = XKDForPretraining(model_tester.get_config())
     assert model.video_teacher_center is model.video_to_audio_distillation.center
     assert model.audio_teacher_center is model.audio_to_video_distillation.center
 
@@ -803,8 +805,8 @@ def test_folder_saved_before_the_loss_module_still_loads(tmp_path):
 @pytest.mark.parametrize("view", ["local", "global"])
 def test_teacher_view_routing(view):
     torch.manual_seed(0)
-    model = XKDForPretraining(make_tiny_xkd_config(teacher_view=view)).eval()
-    batch = make_tiny_batch(model.config)
+    model = XKDForPretraining(model_tester.get_config(teacher_view=view)).eval()
+    batch = model_tester.pretraining_inputs(model.config)
     seen = []
     handle = model.video_model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0].shape),
                                                          with_kwargs=True)
@@ -821,7 +823,7 @@ def test_teacher_view_routing(view):
 
 @pytest.mark.parametrize("variant", ["xkd", "xkd-mas", "xkd-mats"])
 def test_variant_parameter_sharing(variant):
-    model = XKDForPretraining(make_tiny_xkd_config(variant))
+    model = XKDForPretraining(model_tester.get_config(variant))
     student_shared = variant in ("xkd-mas", "xkd-mats")
     teacher_shared = variant == "xkd-mats"
     vs, as_ = model.video_student, model.audio_student
@@ -844,7 +846,7 @@ def test_variant_parameter_sharing(variant):
 
 def test_mats_shared_teacher_blocks_get_two_ema_updates():
     for twice, power in [(True, 2), (False, 1)]:
-        model = XKDForPretraining(make_tiny_xkd_config("xkd-mats", ema_shared_teacher_blocks_twice=twice))
+        model = XKDForPretraining(model_tester.get_config("xkd-mats", ema_shared_teacher_blocks_twice=twice))
         with torch.no_grad():
             for p in model.video_model.parameters():
                 p.fill_(1.0)
@@ -862,10 +864,10 @@ def test_mats_shared_teacher_blocks_get_two_ema_updates():
 
 
 def test_teachers_start_as_student_copies_and_receive_no_gradient():
-    model = XKDForPretraining(make_tiny_xkd_config())
+    model = XKDForPretraining(model_tester.get_config())
     for t, s in zip(model.video_model.parameters(), model.video_student.parameters()):
         assert torch.equal(t, s) and t is not s
-    model(**make_tiny_batch(model.config)).loss.backward()
+    model(**model_tester.pretraining_inputs(model.config)).loss.backward()
     assert all(p.grad is None for p in model.video_model.parameters())
     assert all(p.grad is None for p in model.audio_teacher_head.parameters())
     assert model.video_student.embeddings.cls_token.grad is not None
@@ -876,8 +878,8 @@ def test_teachers_start_as_student_copies_and_receive_no_gradient():
 @pytest.mark.parametrize("variant", ["xkd", "xkd-mas"])
 def test_a_few_optimizer_steps_lower_the_loss(variant):
     torch.manual_seed(0)
-    model = XKDForPretraining(make_tiny_xkd_config(variant, num_local_video_views=2)).train()
-    batch = make_tiny_batch(model.config, batch=4)
+    model = XKDForPretraining(model_tester.get_config(variant, num_local_video_views=2)).train()
+    batch = model_tester.pretraining_inputs(model.config, batch_size=4)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=3e-3, betas=(0.9, 0.95))
     noise = {"video_noise": torch.rand(4, 8), "audio_noise": torch.rand(4, 16)}
@@ -897,8 +899,8 @@ def test_a_few_optimizer_steps_lower_the_loss(variant):
 
 def test_pretraining_output_fields_and_monitors():
     torch.manual_seed(0)
-    model = XKDForPretraining(make_tiny_xkd_config()).eval()
-    out = model(**make_tiny_batch(model.config))
+    model = XKDForPretraining(model_tester.get_config()).eval()
+    out = model(**model_tester.pretraining_inputs(model.config))
     cfg = model.config
     torch.testing.assert_close(out.reconstruction_loss, (out.video_reconstruction_loss + out.audio_reconstruction_loss) / 2)
     torch.testing.assert_close(out.distillation_loss,
@@ -914,12 +916,12 @@ def test_pretraining_output_fields_and_monitors():
 
 
 def test_pretraining_rejects_bad_local_views():
-    model = XKDForPretraining(make_tiny_xkd_config())
-    batch = make_tiny_batch(model.config)
+    model = XKDForPretraining(model_tester.get_config())
+    batch = model_tester.pretraining_inputs(model.config)
     batch["local_pixel_values"] = batch["local_pixel_values"][:, :, :, :1]
     with pytest.raises(ValueError, match=r"`local_pixel_values\[0\]` has 1 channels"):
         model(**batch)
-    batch = make_tiny_batch(model.config)
+    batch = model_tester.pretraining_inputs(model.config)
     batch["local_input_values"] = []
     with pytest.raises(ValueError, match="local_input_values"):
         model(**batch)
@@ -939,7 +941,7 @@ def _rewrite_weights(folder, edit):
 
 
 def test_loading_stops_with_the_names_of_keys_that_do_not_fit(tmp_path, tiny_video_config):
-    config = make_tiny_xkd_config()
+    config = model_tester.get_config()
     XKDModel(config).save_pretrained(tmp_path / "model")
     XKDVideoModel(tiny_video_config).save_pretrained(tmp_path / "tower")
     # a tower folder into XKDModel: the audio tower would stay random
@@ -994,7 +996,7 @@ def test_fresh_classification_head_loads_with_a_one_line_note(tmp_path, tiny_vid
 
 
 def test_truncated_weights_file_is_named(tmp_path):
-    XKDModel(make_tiny_xkd_config()).save_pretrained(tmp_path)
+    XKDModel(model_tester.get_config()).save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
     for size in (weights.stat().st_size // 2, 5):  # cut in the data, cut in the header
         with open(weights, "r+b") as handle:

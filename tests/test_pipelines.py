@@ -13,7 +13,6 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import TINY_AUDIO, TINY_VIDEO
 from media_utils import moov_at_end, write_media
 from transformers import pipeline
 from transformers_xkd import (
@@ -24,6 +23,7 @@ from transformers_xkd import (
     XKDVideoConfig,
     XKDVideoProcessor,
 )
+from xkd_testers import XKDAudioModelTester, XKDVideoModelTester
 
 VIDEO_LABELS = {0: "juggling", 1: "surfing", 2: "typing"}
 AUDIO_LABELS = {0: "dog", 1: "rain", 2: "siren"}
@@ -32,11 +32,13 @@ AUDIO_LABELS = {0: "dog", 1: "rain", 2: "siren"}
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     d = tmp_path_factory.mktemp("pipes")
-    vcfg = XKDVideoConfig(**TINY_VIDEO, id2label=VIDEO_LABELS, label2id={v: k for k, v in VIDEO_LABELS.items()})
+    vcfg = XKDVideoConfig(**XKDVideoModelTester().config_kwargs(), id2label=VIDEO_LABELS,
+                          label2id={v: k for k, v in VIDEO_LABELS.items()})
     XKDForVideoClassification(vcfg).save_pretrained(d / "video")
     # the tiny model takes 8 frames of 32 x 32 (the pipeline asks for config.num_frames frames)
     XKDVideoProcessor(num_frames=8, size={"shortest_edge": 36}, crop_size=32).save_pretrained(d / "video")
-    acfg = XKDAudioConfig(**TINY_AUDIO, id2label=AUDIO_LABELS, label2id={v: k for k, v in AUDIO_LABELS.items()})
+    acfg = XKDAudioConfig(**XKDAudioModelTester().config_kwargs(), id2label=AUDIO_LABELS,
+                          label2id={v: k for k, v in AUDIO_LABELS.items()})
     XKDForAudioClassification(acfg).save_pretrained(d / "audio")
     # the tiny model takes 64 frames of 16 mels: 1 + S // 143 = 64 -> S = 63 * 143 samples
     XKDFeatureExtractor(feature_size=16, clip_duration=63 * 143 / 16000).save_pretrained(d / "audio")

@@ -7,9 +7,11 @@ import sys
 import textwrap
 
 import torch
-from conftest import make_tiny_xkd_config
 
 from transformers_xkd import XKDForPretraining, XKDForVideoClassification, XKDModel
+from xkd_testers import XKDModelTester
+
+model_tester = XKDModelTester()
 
 LOADER = textwrap.dedent(
     """
@@ -43,7 +45,7 @@ LOADER = textwrap.dedent(
 
 def _build(kind):
     torch.manual_seed(0)
-    config = make_tiny_xkd_config()
+    config = model_tester.get_config()
     if kind == "model":
         return XKDModel(config).eval()
     if kind == "pretraining":
@@ -85,7 +87,7 @@ def test_trust_remote_code_without_the_package(tmp_path):
         result = results[kind]
         assert "transformers_modules" in result["module"], kind  # the copied code, not the installed package
         assert result["class"] == type(model).__name__
-        vc = make_tiny_xkd_config().video_config
+        vc = model_tester.get_config().video_config
         torch.manual_seed(1)
         x = torch.randn(1, vc.num_frames, 3, vc.image_size, vc.image_size)
         expected = _video_output(kind, model, x)

@@ -27,13 +27,13 @@ import copy
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
+from ..benchmarking.harness import machine_description
 from ..utils_io import atomic_write_text
 from .avdigits import AVDigitsSpec, make_avdigits
 
@@ -406,24 +406,6 @@ def _collect(iterator, total: int, progress: bool) -> list:
     from tqdm.auto import tqdm
 
     return list(tqdm(iterator, total=total, desc="learning benchmark arms", unit="arm"))
-
-
-def machine_description() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{name}, {cpus} CPU cores{gpu}"
 
 
 def _mean_std(values) -> dict:
