@@ -1003,3 +1003,17 @@ def test_truncated_weights_file_is_named(tmp_path):
             handle.truncate(size)
         with pytest.raises(OSError, match=rf"cannot read the weights file {weights}.*truncated"):
             XKDModel.from_pretrained(tmp_path)
+
+
+def test_exported_teachers_have_their_own_config(tmp_path):
+    """A teachers folder maps AutoModel to XKDModel and does not name XKDForPretraining (it lacks the student,
+    decoder and head weights); saving it leaves the pretraining model's config as it was."""
+    import json
+
+    model = XKDForPretraining(model_tester.get_config())
+    model.save_pretrained(tmp_path / "pretraining")
+    before = model.config.to_dict()
+    model.export_teachers().save_pretrained(tmp_path / "teachers")
+    auto_map = json.loads((tmp_path / "teachers" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_xkd.XKDModel" and "AutoModelForPreTraining" not in auto_map
+    assert model.config.to_dict() == before
