@@ -10,6 +10,12 @@ reproduces that with no torchvision, torchaudio, torchcodec or ffmpeg program:
   ``sampling_rate`` and averaged to mono, and single undecodable packets are skipped and counted. For H.264 it
   decodes only what the chosen frames need (no non-reference frame that no requested time shows, nothing before
   the last IDR frame ahead of the window), which returns the same frames as decoding every frame (tested).
+* One read is a single pass (``MediaReader._read_pass``: seek, demux) over small stateful parts, each owning its
+  state: :class:`_PacketDecoder` (decodes packets, counts and skips the undecodable ones), :class:`_VideoDecoder`
+  (routes video packets), :class:`_H264Skipper` (which H.264 packets need no decoding, the lookahead queue, the
+  start at the last IDR frame, the check that triggers a restart without skipping), :class:`_FramePicker` (each
+  requested time gets the frame shown then, padding at both ends, the early RGB conversion) and
+  :class:`_AudioCollector` (batched resampling, channel mean, the stop rule, the window cut of :func:`_cut_audio`).
 * :func:`decode_media` decodes one window (``clips_xkd.decode_clips`` / ``read_clips`` cut several clips with one
   open container); :func:`load_audio` returns a mono waveform.
 * Every failure a user can cause (missing, empty, truncated or non-media file; no video or audio stream where one
