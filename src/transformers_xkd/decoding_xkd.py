@@ -10,6 +10,12 @@ reproduces that with no torchvision, torchaudio, torchcodec or ffmpeg program:
   ``sampling_rate`` and averaged to mono, and single undecodable packets are skipped and counted. For H.264 it
   decodes only what the chosen frames need (no non-reference frame that no requested time shows, nothing before
   the last IDR frame ahead of the window), which returns the same frames as decoding every frame (tested).
+* One read is a single pass (``MediaReader._read_pass``: seek, demux) over small stateful parts, each owning its
+  state: :class:`_PacketDecoder` (decodes packets, counts and skips the undecodable ones), :class:`_VideoDecoder`
+  (routes video packets), :class:`_H264Skipper` (which H.264 packets need no decoding, the lookahead queue, the
+  start at the last IDR frame, the check that triggers a restart without skipping), :class:`_FramePicker` (each
+  requested time gets the frame shown then, padding at both ends, the early RGB conversion) and
+  :class:`_AudioCollector` (batched resampling, channel mean, the stop rule, the window cut of :func:`_cut_audio`).
 * :func:`decode_media` decodes one window (``clips_xkd.decode_clips`` / ``read_clips`` cut several clips with one
   open container); :func:`load_audio` returns a mono waveform.
 * Every failure a user can cause (missing, empty, truncated or non-media file; no video or audio stream where one
@@ -402,6 +408,9 @@ class MediaReader:
         return self._read_pass(frame_times, audio_window, sampling_rate, want_video, want_audio, False)
 
     def _read_pass(self, frame_times, audio_window, sampling_rate, want_video, want_audio, skip) -> DecodedMedia:
+        """One demux pass from a seek before the window: video packets go to a :class:`_VideoDecoder` (with a
+        :class:`_H264Skipper` when ``skip``), audio packets to an :class:`_AudioCollector`, both decoded through
+        one :class:`_PacketDecoder`. Raises :class:`_RestartWithoutSkipping` when skipping went wrong."""
         info = self.info
         # Times below are on the file's time line with the first stream starting at ~0.
         origin = min(
@@ -414,379 +423,32 @@ class MediaReader:
             window_start = min(window_start, float(frame_times[0]))
         if not math.isfinite(window_start):
             window_start = 0.0
-        video_end = float(frame_times[-1]) if want_video and frame_times.size else -math.inf
-        audio_end = (
-            (math.inf if audio_window[1] is None else float(audio_window[1])) if want_audio else -math.inf
-        )
-
         streams = [s for s, w in ((self.video_stream, want_video), (self.audio_stream, want_audio)) if w]
         if window_start > _SEEK_MARGIN_S:
             self._seek(origin + window_start - _SEEK_MARGIN_S)
 
-        # video state
-        num_targets = len(frame_times) if want_video else 0
-        # The chosen frames are copied into one (T, H, W, 3) array as they are chosen (no list of frames kept alive
-        # and stacked at the end: that costs a second copy and fresh memory).
-        frames_out: np.ndarray | None = None
-        chosen_times = np.full(num_targets, np.nan)
-        next_target = 0
-        prev_frame = None  # (time, av.VideoFrame)
-        prev_array = None
-        last_frame_time = None
-        frame_step = 1.0 / info.native_fps if info.native_fps else 0.0
-        native_index = 0
-        video_done = not want_video or num_targets == 0
-
-        # frame skipping state (see `read`)
-        codec_context = self.video_stream.codec_context if want_video else None
-        pending: collections.deque = collections.deque()  # (packet, time) held back, in decode order
-        seen_times: list[float] = []  # sorted times of the video packets demuxed so far
-        seen_pts: set = set()
-        full_pts: set = set()  # pts of the packets decoded without skipping: each must come back as a frame
-        output_pts: set = set()
-        first_decoded_time = None
-        skipped_any = False
-        nonref_packets = 0
-        pruned_packets = 0
-        # a frame at time p can show the targets with target + tolerance >= p (assign_until below)
-        target_limits = (frame_times + _TIME_TOLERANCE).tolist() if want_video else []
-        # Before the window, packets are held until one shows after the first target: decoding then starts at the
-        # last IDR frame at or before the first target instead of the seek's key frame (an IDR frame empties the
-        # decoder's references, so the frames after it decode the same; the ones before it are all shown before it).
-        nal_length_size = _h264_nal_length_size(codec_context) if skip else None
-        holding = nal_length_size is not None
-        idr_position = None  # index in `pending` of the last IDR frame at or before the first target
-        held_bytes = 0
-        if skip:
-            time_base = self.video_stream.time_base
-            tb_num, tb_den = time_base.numerator, time_base.denominator
-
-        # audio state
-        resampler = None
-        audio_batch: list = []  # decoded audio frames not yet resampled (resampled together: same output, faster)
-        batch_key = None
-        batch_input_samples = 0  # input samples decoded since the first audio frame
-        planar_chunks: list[np.ndarray] = []  # (channels, n) resampler outputs not yet averaged
-        planar_samples = 0
-        audio_chunks: list[np.ndarray] = []
-        audio_first_time = None
-        audio_samples = 0
-        audio_done = not want_audio
-
-        skipped = 0
-        consecutive_bad = 0
-        decoded_any = False
-
-        def to_array(frame) -> np.ndarray:
-            arr = frame.to_ndarray(format="rgb24")
-            rotation = getattr(frame, "rotation", 0) or 0
-            return _rotate(arr, rotation)
-
-        def assign_until(limit_time: float | None):
-            """Give the previous frame to every pending target strictly before ``limit_time`` (None = all)."""
-            nonlocal next_target, prev_array
-            while next_target < num_targets and (
-                limit_time is None or frame_times[next_target] + _TIME_TOLERANCE < limit_time
-            ):
-                if prev_frame is None:
-                    return
-                if prev_array is None:
-                    prev_array = to_array(prev_frame[1])
-                place(next_target, prev_array)
-                chosen_times[next_target] = prev_frame[0]
-                next_target += 1
-
-        def place(i: int, arr: np.ndarray) -> None:
-            nonlocal frames_out
-            if frames_out is None:
-                frames_out = np.empty((num_targets,) + arr.shape, np.uint8)
-            elif arr.shape != frames_out.shape[1:]:
-                raise MediaDecodingError(
-                    self.name, f"the frame size changes mid-stream ({frames_out.shape[1:3]} -> {arr.shape[:2]})"
-                )
-            frames_out[i] = arr
-
-        def next_frame_time(t: float) -> float:
-            """The time the frame after one at ``t`` is expected at: the next packet's when known, else one
-            native frame later (only a guess for converting early; a wrong guess costs time, never a frame)."""
-            if skip and seen_times:
-                j = bisect.bisect_right(seen_times, t)
-                if j < len(seen_times):
-                    return seen_times[j]
-            return t + frame_step
-
-        def average_channels():
-            nonlocal planar_chunks, planar_samples
-            if planar_chunks:
-                # one mean over many resampler outputs: the same float64 channel mean per sample, less overhead
-                block = planar_chunks[0] if len(planar_chunks) == 1 else np.concatenate(planar_chunks, axis=1)
-                audio_chunks.append(block.mean(axis=0, dtype=np.float64).astype(np.float32))
-                planar_chunks, planar_samples = [], 0
-
-        def add_audio(out) -> int:
-            nonlocal planar_samples
-            chunk = out.to_ndarray()
-            planar_chunks.append(chunk)
-            planar_samples += chunk.shape[1]
-            if planar_samples >= 1 << 16:
-                average_channels()
-            return chunk.shape[1]
-
-        def resample_batch():
-            """Resample the decoded audio frames held in ``audio_batch`` as one frame (FFmpeg's resampler gives
-            the same samples for the same input however it is cut into frames; a tested property)."""
-            nonlocal resampler, audio_samples
-            if not audio_batch:
-                return
-            batch = audio_batch[:]
-            audio_batch.clear()
-            frame = batch[0]
-            if len(batch) > 1:
-                try:
-                    fifo = av.AudioFifo()  # joins the frames in C; the resampler ignores time stamps
-                    for f in batch:
-                        f.pts = None  # the FIFO would check that they are contiguous
-                        fifo.write(f)
-                    frame = fifo.read()
-                except Exception:  # pragma: no cover - a sample format the FIFO refuses: one frame at a time
-                    frame = None
-            if resampler is None:
-                # Keep the source layout and average the channels ourselves (the released code does a plain
-                # mean; FFmpeg's own down-mix weights channels differently, e.g. for 5.1).
-                resampler = av.AudioResampler(format="fltp", layout=batch[0].layout, rate=sampling_rate)
-            for piece in ([frame] if frame is not None else batch):
-                for out in resampler.resample(piece):
-                    audio_samples += add_audio(out)
-
-        def can_skip(t: float) -> bool:
-            """True when a frame at ``t`` is shown at no requested time: a later frame seen so far takes over the
-            first target that ``t`` could show (and so every later one); never the first frame after the seek."""
-            if t <= first_decoded_time:
-                return False
-            k = bisect.bisect_left(target_limits, t)
-            if k >= len(target_limits):
-                return False  # past the last target: decoded, it ends the window (and may be the stream's last)
-            j = bisect.bisect_right(seen_times, t)
-            return j < len(seen_times) and seen_times[j] <= target_limits[k]
-
-        def stop_skipping():
-            """The stream breaks an assumption of skipping: restart if a frame was skipped, else stop skipping."""
-            nonlocal skip
-            if skipped_any:
-                raise _RestartWithoutSkipping()
-            skip = False
-
-        def decode_packet(packet):
-            """``packet.decode()``, or None for an undecodable packet (e.g. Megamind.avi's first AC3 frame), which
-            is counted and skipped; too many in a row before any frame decoded is an error."""
-            nonlocal consecutive_bad, skipped
-            try:
-                frames = packet.decode()
-            except Exception:
-                skipped += 1
-                consecutive_bad += 1
-                if consecutive_bad > _MAX_CONSECUTIVE_BAD_PACKETS and not decoded_any:
-                    raise MediaDecodingError(self.name, f"{consecutive_bad} packets in a row failed to decode")
-                return None
-            consecutive_bad = 0
-            return frames
-
-        def decode_video(packet, t=None):
-            """Decode one video packet (``t``: its time, when skipping) and give its frames to the targets."""
-            nonlocal decoded_any, native_index, last_frame_time, prev_frame, prev_array
-            nonlocal next_target, video_done, skipped_any, nonref_packets, first_decoded_time
-            if first_decoded_time is None and t is not None:
-                first_decoded_time = t
-            nonref = skip and t is not None and can_skip(t)
-            if nonref:
-                codec_context.skip_frame = "NONREF"
-                skipped_any = True
-                nonref_packets += 1
-            elif skip and packet.pts is not None:
-                full_pts.add(packet.pts)
-            try:
-                frames = decode_packet(packet)
-            finally:
-                if nonref:
-                    codec_context.skip_frame = "DEFAULT"
-            if frames is None:
-                return
-            for frame in frames:
-                decoded_any = True
-                t = frame.time
-                if skip:
-                    if t is None or frame.pts not in seen_pts or (
-                        last_frame_time is not None and float(t) - origin <= last_frame_time
-                    ):
-                        stop_skipping()
-                    else:
-                        output_pts.add(frame.pts)
-                t = (native_index * frame_step if t is None else float(t) - origin)
-                native_index += 1
-                if last_frame_time is not None and t <= last_frame_time:
-                    # Non-increasing time stamps (broken VFR muxing): keep frames in decode order.
-                    t = last_frame_time + 1e-6
-                last_frame_time = t
-                # The new frame replaces `prev` for every target at or after its time.
-                assign_until(t)
-                # Before the first frame: targets earlier than it get it (handled below when prev is None).
-                prev_array = None
-                if prev_frame is None:
-                    while next_target < num_targets and frame_times[next_target] + _TIME_TOLERANCE < t:
-                        if prev_array is None:
-                            prev_array = to_array(frame)
-                        place(next_target, prev_array)
-                        chosen_times[next_target] = t
-                        next_target += 1
-                prev_frame = (t, frame)
-                if prev_array is None and next_target < num_targets and (
-                    next_frame_time(t) > frame_times[next_target] + _TIME_TOLERANCE
-                ):
-                    # Most likely the frame shown at the next target: convert it now, while its pixels are still
-                    # in the CPU cache (converting it when the next frame arrives is markedly slower).
-                    prev_array = to_array(frame)
-                if next_target >= num_targets or t > video_end + 1.0:
-                    video_done = next_target >= num_targets
-
-        def release():
-            """Stop holding packets; with trusted time stamps, drop those before the last IDR frame found."""
-            nonlocal holding, pruned_packets, skipped_any
-            holding = False
-            if skip and idr_position:
-                for _ in range(idr_position):
-                    pending.popleft()
-                pruned_packets += idr_position
-                skipped_any = True  # from now on, a stream that breaks an assumption is decoded again in full
-
-        def drain():
-            if holding:
-                release()
-            while pending and not video_done:
-                decode_video(*pending.popleft())
-            pending.clear()
-
-        try:
-            for packet in self.container.demux(*streams):
-                if video_done and audio_done:
-                    break
-                stream = packet.stream
-                is_video = stream.type == "video"
-                if (is_video and video_done) or (not is_video and audio_done):
-                    continue
-                if is_video:
-                    if not skip:
-                        drain()  # packets held back before skipping stopped
-                        if not video_done:
-                            decode_video(packet)
-                        continue
-                    pts = packet.pts
-                    if pts is None or pts in seen_pts:  # the flush packet at the end, or time stamps to distrust
-                        if packet.size:
-                            stop_skipping()
-                        drain()
-                        if not video_done:
-                            decode_video(packet)
-                        continue
-                    t = float(pts) * tb_num / tb_den - origin  # as av.Frame.time computes it
-                    seen_pts.add(pts)
-                    bisect.insort(seen_times, t)
-                    pending.append((packet, t))
-                    if holding:
-                        if t <= target_limits[0] and packet.is_keyframe and _h264_is_idr(packet, nal_length_size):
-                            idr_position = len(pending) - 1
-                        held_bytes += packet.size
-                        if t <= target_limits[0] and len(pending) < _MAX_HELD_PACKETS and (
-                            held_bytes < _MAX_HELD_BYTES
-                        ):
-                            continue
-                        release()
-                    while len(pending) > _SKIP_LOOKAHEAD and not video_done:
-                        decode_video(*pending.popleft())
-                    continue
-                frames = decode_packet(packet)
-                if frames is None:
-                    continue
-                for frame in frames:
-                    decoded_any = True
-                    if audio_first_time is None:
-                        ft = frame.time
-                        audio_first_time = (float(ft) - origin) if ft is not None else 0.0
-                    key = (frame.format.name, frame.layout.name, frame.sample_rate)
-                    if key != batch_key:
-                        resample_batch()  # a change of format mid-stream reaches the resampler at this frame
-                        batch_key = key
-                    audio_batch.append(frame)
-                    batch_input_samples += frame.samples
-                    # The stop test below is the per-frame one on resampled samples; it can only pass once the
-                    # decoded input reaches near the same time, so until then frames are resampled in batches.
-                    near_end = audio_first_time + batch_input_samples / frame.sample_rate >= audio_end + 0.05
-                    if near_end or len(audio_batch) >= _AUDIO_BATCH_FRAMES:
-                        resample_batch()
-                        if audio_first_time + audio_samples / sampling_rate >= audio_end + 0.1:
-                            audio_done = True
-            drain()
-            resample_batch()
-            if want_audio and resampler is not None:
-                for out in resampler.resample(None):  # flush the resampler's delay line
-                    add_audio(out)
-            average_channels()
-        except (MediaDecodingError, _RestartWithoutSkipping):
-            raise
-        except Exception as err:  # a demuxer error mid-file: keep what was decoded if anything was
-            try:
-                drain()  # the packets demuxed before the error are decoded, as without skipping
-            except (MediaDecodingError, _RestartWithoutSkipping):
-                raise
-            except Exception:
-                pass
-            try:
-                resample_batch()  # frames decoded before the error are kept, as when resampled one by one
-            except Exception:
-                pass
-            average_channels()
-            if not decoded_any:
-                raise MediaDecodingError(self.name, f"decoding failed ({_short(err)})") from None
-        if skipped_any and last_frame_time is not None:
-            # every frame decoded in full up to the last one returned must have come back (a skipped frame relied
-            # on a later one to take over its targets)
-            missing = [p for p in full_pts - output_pts if p <= prev_frame[1].pts]
-            if missing:
-                raise _RestartWithoutSkipping()
-
-        num_padded = 0
+        packets = _PacketDecoder(self.name)
+        video = picker = skipper = audio = None
         if want_video:
-            if prev_frame is None and num_targets:
-                raise MediaDecodingError(self.name, "no video frame could be decoded (truncated or corrupt file)")
-            end_of_video = (last_frame_time or 0.0) + (frame_step or 0.0)
-            for i in range(next_target, num_targets):
-                if prev_array is None:
-                    prev_array = to_array(prev_frame[1])
-                place(i, prev_array)
-                chosen_times[i] = prev_frame[0]
-            num_padded = int(np.sum(frame_times >= end_of_video - _TIME_TOLERANCE)) if num_targets else 0
-            if frames_out is None:
-                frames_out = np.zeros((0, 0, 0, 3), np.uint8)
-
-        audio_out = None
-        padded_samples = 0
-        a_start = 0.0
+            frame_step = 1.0 / info.native_fps if info.native_fps else 0.0
+            skipper = _H264Skipper(self.video_stream, frame_times, origin, frame_step) if skip else None
+            picker = _FramePicker(self.name, frame_times, frame_step, origin, skipper)
+            video = _VideoDecoder(self.video_stream.codec_context, packets, picker, skipper)
         if want_audio:
+            audio_end = math.inf if audio_window[1] is None else float(audio_window[1])
+            audio = _AudioCollector(self.name, sampling_rate, audio_end, origin)
+
+        self._demux(streams, packets, video, audio)
+        if skipper is not None:
+            skipper.verify(picker)
+
+        frames_out, chosen_times, num_padded = None, np.full(0, np.nan), 0
+        if picker is not None:
+            frames_out, chosen_times, num_padded = picker.finish()
+        audio_out, padded_samples, a_start = None, 0, 0.0
+        if audio is not None:
             a_start = float(audio_window[0])
-            full = np.concatenate(audio_chunks) if audio_chunks else np.zeros(0, np.float32)
-            if audio_first_time is None and not decoded_any:
-                raise MediaDecodingError(self.name, "no audio could be decoded (truncated or corrupt file)")
-            first = audio_first_time or 0.0
-            offset = int(round((a_start - first) * sampling_rate))
-            if audio_window[1] is None:
-                length = max(0, len(full) - max(offset, 0))
-            else:
-                length = int(round((float(audio_window[1]) - a_start) * sampling_rate))
-            audio_out = np.zeros(length, np.float32)
-            src_lo, src_hi = max(offset, 0), min(offset + length, len(full))
-            if src_hi > src_lo:
-                dst_lo = src_lo - offset
-                audio_out[dst_lo : dst_lo + src_hi - src_lo] = full[src_lo:src_hi]
-            padded_samples = length - max(0, src_hi - src_lo)
+            audio_out, padded_samples = audio.window(a_start, audio_window[1], packets.decoded_any)
 
         return DecodedMedia(
             frames=frames_out,
@@ -797,10 +459,52 @@ class MediaReader:
             sampling_rate=sampling_rate,
             audio_start=a_start,
             num_padded_samples=padded_samples,
-            skipped_packets=skipped,
+            skipped_packets=packets.skipped,
             info=info,
-            extra={"nonref_packets": nonref_packets, "pruned_packets": pruned_packets},
+            extra={
+                "nonref_packets": skipper.nonref_packets if skipper is not None else 0,
+                "pruned_packets": skipper.pruned_packets if skipper is not None else 0,
+            },
         )
+
+    def _demux(self, streams, packets: "_PacketDecoder", video: "_VideoDecoder | None", audio) -> None:
+        """Feed the packets to the video decoder and the audio collector until both are done or the file ends."""
+        picker = video.picker if video is not None else None
+        try:
+            for packet in self.container.demux(*streams):
+                video_done = picker is None or picker.done
+                audio_done = audio is None or audio.done
+                if video_done and audio_done:
+                    break
+                if packet.stream.type == "video":
+                    if not video_done:
+                        video.feed(packet)
+                elif not audio_done:
+                    frames = packets.decode(packet)
+                    if frames is not None:
+                        audio.add(frames)
+            if video is not None:
+                video.drain()
+            if audio is not None:
+                audio.flush()
+        except (MediaDecodingError, _RestartWithoutSkipping):
+            raise
+        except Exception as err:  # a demuxer error mid-file: keep what was decoded if anything was
+            if video is not None:
+                try:
+                    video.drain()  # the packets demuxed before the error are decoded, as without skipping
+                except (MediaDecodingError, _RestartWithoutSkipping):
+                    raise
+                except Exception:
+                    pass
+            if audio is not None:
+                try:
+                    audio.resample_batch()  # frames decoded before the error are kept, as when resampled one by one
+                except Exception:
+                    pass
+                audio.average_channels()
+            if not packets.decoded_any:
+                raise MediaDecodingError(self.name, f"decoding failed ({_short(err)})") from None
 
     def _seek(self, seconds: float) -> None:
         """Seek (backwards, to a key frame) to ``seconds``; on failure decode from the start instead."""
@@ -848,6 +552,440 @@ def _h264_is_idr(packet, nal_length_size: int) -> bool:
 def _short(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     return text if len(text) < 200 else text[:197] + "..."
+
+
+# -- the parts of one read pass (MediaReader._read_pass wires them together) -----------------------------------
+class _PacketDecoder:
+    """Decodes packets of either stream, skipping the undecodable ones.
+
+    Owns the counts behind ``DecodedMedia.skipped_packets`` and the "nothing decodes" error: a single bad packet
+    (e.g. Megamind.avi's first AC3 frame) is counted and skipped, but more than ``_MAX_CONSECUTIVE_BAD_PACKETS`` in a
+    row before any frame decoded means the file is broken. ``decoded_any`` (a frame of either stream came out) also
+    decides whether a demuxer error mid-file keeps what was decoded or is raised.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.skipped = 0
+        self.consecutive_bad = 0
+        self.decoded_any = False
+
+    def decode(self, packet):
+        """``packet.decode()``, or ``None`` for an undecodable packet (counted)."""
+        try:
+            frames = packet.decode()
+        except Exception:
+            self.skipped += 1
+            self.consecutive_bad += 1
+            if self.consecutive_bad > _MAX_CONSECUTIVE_BAD_PACKETS and not self.decoded_any:
+                raise MediaDecodingError(self.name, f"{self.consecutive_bad} packets in a row failed to decode")
+            return None
+        self.consecutive_bad = 0
+        if frames:
+            self.decoded_any = True
+        return frames
+
+
+class _FramePicker:
+    """Gives every requested time the native frame shown then, copying it into one `(T, H, W, 3)` array.
+
+    Owns the output array (filled as frames are chosen: no list of frames kept alive and stacked at the end, which
+    would cost a second copy), the chosen source times, the index of the next target not yet served, and the latest
+    decoded frame with its RGB array once converted. The frame for ``t`` is the last one whose time is at most
+    ``t + _TIME_TOLERANCE``; targets before the first frame get the first frame, targets after the last frame get
+    the last one (:meth:`finish`; those at or past the video's end are counted as padded). A frame's time is its
+    presentation time on the file's time line (made up from its index when the stream has none, nudged forward when
+    time stamps do not increase). The frame likely shown at the next target is converted to RGB as soon as it is
+    decoded, while its pixels are still in the CPU cache (converting it when the next frame arrives is markedly
+    slower); the next frame's time comes from the skipper's packet time stamps when it has them.
+    """
+
+    def __init__(self, name: str, frame_times: np.ndarray, frame_step: float, origin: float, skipper=None):
+        self.name = name
+        self.frame_times = frame_times
+        # a frame at time p can show the targets with target + tolerance >= p (the same float64 sums as on the array)
+        self.limits = (frame_times + _TIME_TOLERANCE).tolist()
+        self.num_targets = len(self.limits)
+        self.frame_step = frame_step
+        self.origin = origin
+        self.skipper = skipper
+        self.frames: np.ndarray | None = None
+        self.chosen_times = np.full(self.num_targets, np.nan)
+        self.next_target = 0
+        self.done = self.num_targets == 0  # every target has its frame
+        self.prev_time: float | None = None
+        self.prev_frame = None  # the latest decoded av.VideoFrame
+        self.prev_array: np.ndarray | None = None  # its RGB array, once converted
+        self.last_time: float | None = None
+        self.native_index = 0
+
+    def _place(self, i: int, arr: np.ndarray) -> None:
+        frames = self.frames
+        if frames is None:
+            frames = self.frames = np.empty((self.num_targets,) + arr.shape, np.uint8)
+        elif arr.shape != frames.shape[1:]:
+            raise MediaDecodingError(
+                self.name, f"the frame size changes mid-stream ({frames.shape[1:3]} -> {arr.shape[:2]})"
+            )
+        frames[i] = arr
+        self.chosen_times[i] = self.prev_time
+
+    def add(self, frame, frame_time) -> None:
+        """Take the next decoded frame (``frame_time``: its ``frame.time``)."""
+        t = self.native_index * self.frame_step if frame_time is None else float(frame_time) - self.origin
+        self.native_index += 1
+        last = self.last_time
+        if last is not None and t <= last:
+            t = last + 1e-6  # non-increasing time stamps (broken VFR muxing): keep frames in decode order
+        self.last_time = t
+        limits, n, i = self.limits, self.num_targets, self.next_target
+        prev = self.prev_frame
+        try:
+            if prev is not None:
+                # the previous frame is the one shown at every target before the new frame's time
+                arr = self.prev_array
+                while i < n and limits[i] < t:
+                    if arr is None:
+                        arr = self.prev_array = _to_array(prev)
+                    self._place(i, arr)
+                    i += 1
+                arr = None
+            else:
+                # the first frame: the targets before it get it
+                self.prev_time = t
+                arr = None
+                while i < n and limits[i] < t:
+                    if arr is None:
+                        arr = _to_array(frame)
+                    self._place(i, arr)
+                    i += 1
+        finally:
+            self.next_target = i
+            self.done = i >= n
+        self.prev_time, self.prev_frame, self.prev_array = t, frame, arr
+        if arr is None and i < n:
+            sk = self.skipper
+            next_time = sk.next_frame_time(t) if sk is not None else t + self.frame_step
+            if next_time > limits[i]:  # most likely the frame shown at the next target: convert it now
+                self.prev_array = _to_array(frame)
+
+    def finish(self):
+        """Fill the targets after the last frame with it; returns ``(frames, chosen_times, num_padded)``."""
+        n = self.num_targets
+        if self.prev_frame is None and n:
+            raise MediaDecodingError(self.name, "no video frame could be decoded (truncated or corrupt file)")
+        end_of_video = (self.last_time or 0.0) + (self.frame_step or 0.0)
+        for i in range(self.next_target, n):
+            if self.prev_array is None:
+                self.prev_array = _to_array(self.prev_frame)
+            self._place(i, self.prev_array)
+        self.next_target = n
+        num_padded = int(np.sum(self.frame_times >= end_of_video - _TIME_TOLERANCE)) if n else 0
+        frames = self.frames if self.frames is not None else np.zeros((0, 0, 0, 3), np.uint8)
+        return frames, self.chosen_times, num_padded
+
+
+class _H264Skipper:
+    """Decides which H.264 video packets need no decoding, and checks afterwards that nothing was lost.
+
+    Owns the time stamps of the video packets demuxed so far (``seen_pts``, sorted ``seen_times``), the queue of
+    packets held back (``pending``, in decode order, so that the times of the next few are known when deciding),
+    the "holding" state before the window (packets are held until one shows after the first target, so that
+    decoding starts at the last IDR frame at or before it: an IDR frame empties the decoder's references), and the
+    pts of packets decoded in full / frames returned, which :meth:`verify` compares. ``active`` turns off when the
+    stream breaks an assumption (a packet without or with a repeated time stamp, a frame whose time is not a
+    packet's, frames out of order): before anything was skipped decoding just goes on in full, after it the pass
+    raises :class:`_RestartWithoutSkipping` and the window is decoded again without skipping (see `MediaReader.read`).
+    """
+
+    def __init__(self, video_stream, frame_times: np.ndarray, origin: float, frame_step: float):
+        self.active = True
+        self.origin = origin
+        self.frame_step = frame_step
+        self.limits = (frame_times + _TIME_TOLERANCE).tolist()
+        self.first_limit = self.limits[0]
+        time_base = video_stream.time_base
+        self.tb_num, self.tb_den = time_base.numerator, time_base.denominator
+        self.pending: collections.deque = collections.deque()  # (packet, time) held back, in decode order
+        self.seen_times: list[float] = []
+        self.seen_pts: set = set()
+        self.full_pts: set = set()  # pts of the packets decoded without skipping: each must come back as a frame
+        self.output_pts: set = set()
+        self.first_decoded_time: float | None = None
+        self.skipped_any = False
+        self.nonref_packets = 0
+        self.pruned_packets = 0
+        self.nal_length_size = _h264_nal_length_size(video_stream.codec_context)
+        self.holding = self.nal_length_size is not None
+        self.idr_position: int | None = None  # index in `pending` of the last IDR frame at or before the first target
+        self.held_bytes = 0
+
+    def push(self, packet, pts) -> bool:
+        """Queue a video packet with a new time stamp; ``True`` while packets are still held before the window."""
+        t = float(pts) * self.tb_num / self.tb_den - self.origin  # as av.Frame.time computes it
+        self.seen_pts.add(pts)
+        bisect.insort(self.seen_times, t)
+        pending = self.pending
+        pending.append((packet, t))
+        if self.holding:
+            if t <= self.first_limit and packet.is_keyframe and _h264_is_idr(packet, self.nal_length_size):
+                self.idr_position = len(pending) - 1
+            self.held_bytes += packet.size
+            if t <= self.first_limit and len(pending) < _MAX_HELD_PACKETS and self.held_bytes < _MAX_HELD_BYTES:
+                return True
+            self.release()
+        return False
+
+    def release(self) -> None:
+        """Stop holding packets; with trusted time stamps, drop those before the last IDR frame found."""
+        self.holding = False
+        if self.active and self.idr_position:
+            for _ in range(self.idr_position):
+                self.pending.popleft()
+            self.pruned_packets += self.idr_position
+            self.skipped_any = True  # from now on, a stream that breaks an assumption is decoded again in full
+
+    def can_skip(self, t: float) -> bool:
+        """True when a frame at ``t`` is shown at no requested time: a later frame seen so far takes over the first
+        target that ``t`` could show (and so every later one); never the first frame after the seek."""
+        if t <= self.first_decoded_time:
+            return False
+        limits = self.limits
+        k = bisect.bisect_left(limits, t)
+        if k >= len(limits):
+            return False  # past the last target: decoded, it ends the window (and may be the stream's last)
+        seen = self.seen_times
+        j = bisect.bisect_right(seen, t)
+        return j < len(seen) and seen[j] <= limits[k]
+
+    def next_frame_time(self, t: float) -> float:
+        """The time the frame after one at ``t`` is expected at: the next packet's when known, else one native
+        frame later (only a guess for converting early; a wrong guess costs time, never a frame)."""
+        if self.active and self.seen_times:
+            seen = self.seen_times
+            j = bisect.bisect_right(seen, t)
+            if j < len(seen):
+                return seen[j]
+        return t + self.frame_step
+
+    def stop(self) -> None:
+        """The stream breaks an assumption of skipping: restart if a frame was skipped, else stop skipping."""
+        if self.skipped_any:
+            raise _RestartWithoutSkipping()
+        self.active = False
+
+    def check_frame(self, frame, frame_time, last_time: float | None) -> None:
+        """A decoded frame must carry a packet's time stamp and come after the previous frame."""
+        if frame_time is None or frame.pts not in self.seen_pts or (
+            last_time is not None and float(frame_time) - self.origin <= last_time
+        ):
+            self.stop()
+        else:
+            self.output_pts.add(frame.pts)
+
+    def verify(self, picker: "_FramePicker") -> None:
+        """Every frame decoded in full up to the last one returned must have come back (a skipped frame relied on a
+        later one to take over its targets)."""
+        if self.skipped_any and picker.last_time is not None:
+            last_pts = picker.prev_frame.pts
+            if any(p <= last_pts for p in self.full_pts - self.output_pts):
+                raise _RestartWithoutSkipping()
+
+
+class _VideoDecoder:
+    """Routes the video packets of one pass: through the skipper's queue when skipping, else straight to the decoder;
+    decodes each (telling FFmpeg to drop it if it is a non-reference frame the skipper found unneeded) and hands the
+    frames, checked by the skipper, to the frame picker."""
+
+    def __init__(self, codec_context, packets: _PacketDecoder, picker: _FramePicker, skipper: _H264Skipper | None):
+        self.codec_context = codec_context
+        self.packets = packets
+        self.picker = picker
+        self.skipper = skipper
+
+    def feed(self, packet) -> None:
+        sk = self.skipper
+        if sk is None or not sk.active:
+            self.drain()  # packets held back before skipping stopped
+            if not self.picker.done:
+                self.decode(packet)
+            return
+        pts = packet.pts
+        if pts is None or pts in sk.seen_pts:  # the flush packet at the end, or time stamps to distrust
+            if packet.size:
+                sk.stop()
+            self.drain()
+            if not self.picker.done:
+                self.decode(packet)
+            return
+        if sk.push(packet, pts):
+            return
+        pending, picker = sk.pending, self.picker
+        while len(pending) > _SKIP_LOOKAHEAD and not picker.done:
+            self.decode(*pending.popleft())
+
+    def drain(self) -> None:
+        """Decode every packet held back (until the targets are served)."""
+        sk = self.skipper
+        if sk is None:
+            return
+        if sk.holding:
+            sk.release()
+        pending, picker = sk.pending, self.picker
+        while pending and not picker.done:
+            self.decode(*pending.popleft())
+        pending.clear()
+
+    def decode(self, packet, t: float | None = None) -> None:
+        """Decode one video packet (``t``: its time, when it came through the skipper's queue)."""
+        sk = self.skipper
+        nonref = False
+        if sk is not None:
+            if sk.first_decoded_time is None and t is not None:
+                sk.first_decoded_time = t
+            if sk.active:
+                nonref = t is not None and sk.can_skip(t)
+                if nonref:
+                    self.codec_context.skip_frame = "NONREF"
+                    sk.skipped_any = True
+                    sk.nonref_packets += 1
+                elif packet.pts is not None:
+                    sk.full_pts.add(packet.pts)
+        try:
+            frames = self.packets.decode(packet)
+        finally:
+            if nonref:
+                self.codec_context.skip_frame = "DEFAULT"
+        if frames is None:
+            return
+        picker = self.picker
+        for frame in frames:
+            frame_time = frame.time
+            if sk is not None and sk.active:
+                sk.check_frame(frame, frame_time, picker.last_time)
+            picker.add(frame, frame_time)
+
+
+class _AudioCollector:
+    """Turns the decoded audio frames of one pass into a mono float32 waveform and cuts the requested window.
+
+    Owns the one resampler (to ``sampling_rate``, planar float, the source layout: the channels are averaged here
+    with a plain float64 mean as the released code does, not with FFmpeg's down-mix weights), the decoded frames
+    not yet resampled (resampled together through an ``av.AudioFifo``, which gives the same samples as one by one:
+    FFmpeg's resampler output does not depend on how its input is cut into frames), the resampled planar chunks not
+    yet averaged (averaged in blocks of about 64k samples), the averaged chunks, and the time of the first frame.
+    ``done`` is set once the samples reach 0.1 s past the window end; the per-frame test is only checked when the
+    decoded input comes near that time (0.05 s), so until then frames are resampled in batches.
+    """
+
+    def __init__(self, name: str, sampling_rate: int, end: float, origin: float):
+        self.name = name
+        self.sampling_rate = sampling_rate
+        self.end = end
+        self.origin = origin
+        self.done = False
+        self.resampler = None
+        self.batch: list = []  # decoded frames not yet resampled
+        self.batch_key = None  # their (format, layout, rate): a change reaches the resampler at that frame
+        self.batch_input_samples = 0  # input samples decoded since the first audio frame
+        self.planar_chunks: list[np.ndarray] = []  # (channels, n) resampler outputs not yet averaged
+        self.planar_samples = 0
+        self.chunks: list[np.ndarray] = []  # mono float32 pieces
+        self.first_time: float | None = None
+        self.samples = 0  # resampled samples so far
+
+    def add(self, frames) -> None:
+        for frame in frames:
+            if self.first_time is None:
+                ft = frame.time
+                self.first_time = (float(ft) - self.origin) if ft is not None else 0.0
+            key = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if key != self.batch_key:
+                self.resample_batch()
+                self.batch_key = key
+            self.batch.append(frame)
+            self.batch_input_samples += frame.samples
+            near_end = self.first_time + self.batch_input_samples / frame.sample_rate >= self.end + 0.05
+            if near_end or len(self.batch) >= _AUDIO_BATCH_FRAMES:
+                self.resample_batch()
+                if self.first_time + self.samples / self.sampling_rate >= self.end + 0.1:
+                    self.done = True
+
+    def resample_batch(self) -> None:
+        """Resample the frames held in ``batch`` as one frame."""
+        if not self.batch:
+            return
+        batch = self.batch[:]
+        self.batch.clear()
+        frame = batch[0]
+        if len(batch) > 1:
+            try:
+                fifo = av.AudioFifo()  # joins the frames in C; the resampler ignores time stamps
+                for f in batch:
+                    f.pts = None  # the FIFO would check that they are contiguous
+                    fifo.write(f)
+                frame = fifo.read()
+            except Exception:  # pragma: no cover - a sample format the FIFO refuses: one frame at a time
+                frame = None
+        if self.resampler is None:
+            self.resampler = av.AudioResampler(format="fltp", layout=batch[0].layout, rate=self.sampling_rate)
+        for piece in ([frame] if frame is not None else batch):
+            for out in self.resampler.resample(piece):
+                self.samples += self._add_planar(out)
+
+    def _add_planar(self, out) -> int:
+        chunk = out.to_ndarray()
+        self.planar_chunks.append(chunk)
+        self.planar_samples += chunk.shape[1]
+        if self.planar_samples >= 1 << 16:
+            self.average_channels()
+        return chunk.shape[1]
+
+    def average_channels(self) -> None:
+        if self.planar_chunks:
+            # one mean over many resampler outputs: the same float64 channel mean per sample, less overhead
+            chunks = self.planar_chunks
+            block = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=1)
+            self.chunks.append(block.mean(axis=0, dtype=np.float64).astype(np.float32))
+            self.planar_chunks, self.planar_samples = [], 0
+
+    def flush(self) -> None:
+        """Resample what is held and empty the resampler's delay line (end of the pass)."""
+        self.resample_batch()
+        if self.resampler is not None:
+            for out in self.resampler.resample(None):
+                self._add_planar(out)
+        self.average_channels()
+
+    def window(self, start: float, end: float | None, decoded_any: bool) -> tuple[np.ndarray, int]:
+        """The samples of ``[start, end)`` (``end=None``: to the end) and how many of them are zero padding."""
+        if self.first_time is None and not decoded_any:
+            raise MediaDecodingError(self.name, "no audio could be decoded (truncated or corrupt file)")
+        full = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+        return _cut_audio(full, self.first_time or 0.0, start, end, self.sampling_rate)
+
+
+def _cut_audio(full: np.ndarray, first_time: float, start: float, end: float | None, sampling_rate: int):
+    """Cut ``[start, end)`` (seconds) out of ``full``, whose first sample is at ``first_time``: zeros where ``full``
+    has no samples. ``end=None`` keeps everything from ``start``. Returns ``(samples, num_padded)``."""
+    offset = int(round((start - first_time) * sampling_rate))
+    if end is None:
+        length = max(0, len(full) - max(offset, 0))
+    else:
+        length = int(round((float(end) - start) * sampling_rate))
+    out = np.zeros(length, np.float32)
+    src_lo, src_hi = max(offset, 0), min(offset + length, len(full))
+    if src_hi > src_lo:
+        dst_lo = src_lo - offset
+        out[dst_lo : dst_lo + src_hi - src_lo] = full[src_lo:src_hi]
+    return out, length - max(0, src_hi - src_lo)
+
+
+def _to_array(frame) -> np.ndarray:
+    """An ``av.VideoFrame`` as an upright RGB ``(H, W, 3)`` uint8 array."""
+    arr = frame.to_ndarray(format="rgb24")
+    rotation = getattr(frame, "rotation", 0) or 0
+    return _rotate(arr, rotation)
 
 
 def decode_media(
