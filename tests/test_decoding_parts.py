@@ -82,6 +82,8 @@ def test_cut_audio_pads_with_zeros_where_there_are_no_samples():
     assert out.tolist() == [3, 4, 5, 6, 7, 8, 9, 10] and padded == 0
     out, padded = _cut_audio(full, 0.5, 3.0, None, 10)  # starts after the last sample: nothing
     assert out.size == 0 and padded == 0
+    out, padded = _cut_audio(full, 0.5, 0.2, None, 10)  # to the end from before the first sample: 3 zeros, all 10
+    assert out.tolist() == [0, 0, 0, *range(1, 11)] and padded == 3  # (the last 3 samples used to be dropped)
 
 
 def test_packet_decoder_counts_bad_packets_and_stops_after_too_many_in_a_row():

@@ -1,8 +1,8 @@
 """PyAV decoding for XKD: one open per file, frames at a target fps and 16 kHz mono audio from the same window.
 
-The released XKD code decodes with PyAV at 8 fps (picking, for every time ``t`` on a 1/8 s grid, the native frame
-shown at ``t``) and resamples audio to 16 kHz mono with the channels averaged (spec section 6.1). This module
-reproduces that with no torchvision, torchaudio, torchcodec or ffmpeg program:
+The released XKD code (its ``datasets/`` package) decodes with PyAV at 8 fps (picking, for every time ``t`` on a
+1/8 s grid, the native frame shown at ``t``) and resamples audio to 16 kHz mono with the channels averaged. This
+module reproduces that with no torchvision, torchaudio, torchcodec or ffmpeg program:
 
 * :class:`MediaReader` opens a path, ``bytes`` or a binary file object once (a context manager that always closes
   the container), reports the streams (:class:`MediaInfo`) and decodes a time window in a single demux pass:
@@ -969,8 +969,8 @@ def _cut_audio(full: np.ndarray, first_time: float, start: float, end: float | N
     """Cut ``[start, end)`` (seconds) out of ``full``, whose first sample is at ``first_time``: zeros where ``full``
     has no samples. ``end=None`` keeps everything from ``start``. Returns ``(samples, num_padded)``."""
     offset = int(round((start - first_time) * sampling_rate))
-    if end is None:
-        length = max(0, len(full) - max(offset, 0))
+    if end is None:  # to the last sample; a start before the first sample adds leading zeros (and keeps every sample)
+        length = max(0, len(full) - offset)
     else:
         length = int(round((float(end) - start) * sampling_rate))
     out = np.zeros(length, np.float32)
