@@ -19,6 +19,7 @@ import sys
 
 from transformers_xkd.pretraining.data import VIDEO_EXTENSIONS, resolve_source
 from transformers_xkd.pretraining.prepare import PrepareSettings, prepare_shards
+from transformers_xkd.utils_io import atomic_write_text
 
 
 def main(argv=None) -> int:
@@ -57,8 +58,7 @@ def main(argv=None) -> int:
         return 2
     if summary["failures"]:
         path = os.path.join(args.output, f"failures-{args.shard_index}-of-{args.num_shards}.json")
-        with open(path, "w") as f:
-            json.dump(summary["failures"], f, indent=1)
+        atomic_write_text(path, json.dumps(summary["failures"], indent=1))
         print(f"{len(summary['failures'])} input(s) could not be prepared (listed in {path}):", file=sys.stderr)
         for failure in summary["failures"][:20]:
             print(f"  {failure['source']}: {failure['error']}", file=sys.stderr)

@@ -37,7 +37,7 @@ from ..configuration_xkd_distillation import KINETICS_MEAN, KINETICS_STD, XKDDis
 from ..decoding_xkd import MediaDecodingError, MediaReader, decode_media
 from ..hub import push_folder_to_hub
 from ..model_card import make_distillation_card, save_card
-from ..utils_io import atomic_path
+from ..utils_io import atomic_path, atomic_write_text
 from ..video_processing_xkd import IMAGENET_MEAN, IMAGENET_STD
 from .datasets import SplitEntry, entries_to_dataset, media_paths
 from .features import ClipProtocol, sample_clips
@@ -728,7 +728,7 @@ def run_distillation(
     model.export_classifier(export_dir, recipe_video_processor(recipe, train=False))
     model.save_pretrained(str(output_dir / "distillation_model"))
     save_card(make_distillation_card(results, push_to_hub), export_dir)
-    (output_dir / "distill_results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    atomic_write_text(output_dir / "distill_results.json", json.dumps(results, indent=2, default=_json_default))
     if push_to_hub:
         push_folder_to_hub(export_dir, push_to_hub, commit_message=f"Upload {method} student")
     return results

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils_io import atomic_write_text
+
 __all__ = ["RETRIEVAL_KS", "retrieval_metrics", "mean_features_by_video", "run_retrieval_eval"]
 
 RETRIEVAL_KS = (1, 5, 10, 20)
@@ -114,5 +116,5 @@ def run_retrieval_eval(checkpoint, dataset: str, data_root, split_dir=None, spli
                    modality=modality, test_clips=test_clips, num_gallery=int(len(gl)))
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "retrieval_results.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_text(Path(output_dir) / "retrieval_results.json", json.dumps(metrics, indent=2))
     return metrics

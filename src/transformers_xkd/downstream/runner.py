@@ -15,6 +15,7 @@ from .datasets import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, load_folder, load_spli
 from .features import LINEAR_EVAL_PROTOCOLS, ClipProtocol, extract_features, load_backbone
 from ..hub import push_folder_to_hub
 from ..model_card import MeasuredResult, make_downstream_card, save_card
+from ..utils_io import atomic_write_text
 from .linear_export import export_linear_classifier
 
 __all__ = ["load_processors", "load_datasets", "run_linear_eval", "run_finetune", "DATASET_NAMES",
@@ -341,7 +342,7 @@ def run_linear_eval(
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "linear_eval_results.json").write_text(json.dumps(out, indent=2, default=float))
+        atomic_write_text(output_dir / "linear_eval_results.json", json.dumps(out, indent=2, default=float))
         if modality in ("video", "audio"):
             export_linear_classifier(checkpoint, modality, weight, bias, class_names, output_dir,
                                      vp if modality == "video" else fe)
@@ -415,7 +416,7 @@ def run_finetune(
         details.update({f"lora {k}": v for k, v in lora_settings_dict(lora).items()})
     summary = {"recipe": recipe_name, "train_loss": out.train_loss, "eval": out.eval_metrics,
                "test": out.test_metrics}
-    (Path(output_dir) / "finetune_results.json").write_text(json.dumps(summary, indent=2, default=float))
+    atomic_write_text(Path(output_dir) / "finetune_results.json", json.dumps(summary, indent=2, default=float))
     _finish_folder(output_dir, modality, results, pretrained, [dataset] if dataset != "folder" else None,
                    "fine-tuning", details, push_to_hub, base_model, f"xkd-{modality}-{dataset}-finetuned")
     return summary

@@ -293,8 +293,7 @@ def pretrain_and_probe(data_root: str, out_dir: str, scale: BenchmarkScale, obje
                      for r in log if "loss" in r],
         "train_clips": int(len(train[2])), "test_clips": int(len(test[2])),
     }
-    with open(os.path.join(out_dir, "arm.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    atomic_write_text(os.path.join(out_dir, "arm.json"), json.dumps(result, indent=1))
     return result
 
 
@@ -556,8 +555,7 @@ def write_results(results: dict, prefix: str) -> dict:
              "monitors_png": prefix + "-monitors.png"}
     slim = copy.deepcopy(results)
     atomic_write_text(paths["json"], json.dumps(slim, indent=1, default=str))
-    with open(paths["md"], "w") as f:
-        f.write(results_markdown(results))
+    atomic_write_text(paths["md"], results_markdown(results))
     plot_probe_curves(results, paths["steps_png"])
     plot_monitors(results, paths["monitors_png"])
     return paths

@@ -45,7 +45,7 @@ from .data import (
     load_or_scan,
     resolve_source,
 )
-from ..utils_io import replace_folder
+from ..utils_io import atomic_write_text, replace_folder
 from .run_folder import (
     flatten_config as _flatten,
     CONFIG_NAME,
@@ -570,8 +570,7 @@ def run_pretraining(
     if is_main:
         if changed:
             logger.warning("--resume with a changed configuration: %s", ", ".join(changed))
-        with open(config_path, "w") as f:
-            json.dump(config, f, indent=2)
+        atomic_write_text(config_path, json.dumps(config, indent=2))
         overridden = "overrides" in precision_source
         (logger.warning if overridden else logger.info)(
             "%d process(es), device %s, mixed precision %s (%s)", world, accelerator.device,
