@@ -9,10 +9,10 @@ import pytest
 from transformers_xkd.decoding_xkd import (
     _MAX_CONSECUTIVE_BAD_PACKETS,
     MediaDecodingError,
-    _cut_audio,
     _FramePicker,
     _H264Skipper,
     _PacketDecoder,
+    cut_window,
 )
 
 
@@ -74,15 +74,15 @@ def test_frame_picker_refuses_a_frame_size_change_and_an_empty_stream():
 
 def test_cut_audio_pads_with_zeros_where_there_are_no_samples():
     full = np.arange(1, 11, dtype=np.float32)  # 10 samples at 10 Hz from 0.5 s: sample k at 0.5 + k / 10
-    out, padded = _cut_audio(full, 0.5, 0.3, 0.9, 10)  # 0.3 .. 0.9: two zeros, then the samples at 0.5 .. 0.8
+    out, padded = cut_window(full, 0.3, 0.5, 6, 10)  # 0.3 .. 0.9: two zeros, then the samples at 0.5 .. 0.8
     assert out.tolist() == [0, 0, 1, 2, 3, 4] and padded == 2 and out.dtype == np.float32
-    out, padded = _cut_audio(full, 0.5, 1.4, 1.7, 10)  # the last sample (at 1.4), then two zeros past the end
+    out, padded = cut_window(full, 1.4, 0.5, 3, 10)  # the last sample (at 1.4), then two zeros past the end
     assert out.tolist() == [10, 0, 0] and padded == 2
-    out, padded = _cut_audio(full, 0.5, 0.7, None, 10)  # to the end
+    out, padded = cut_window(full, 0.7, 0.5, None, 10)  # to the end
     assert out.tolist() == [3, 4, 5, 6, 7, 8, 9, 10] and padded == 0
-    out, padded = _cut_audio(full, 0.5, 3.0, None, 10)  # starts after the last sample: nothing
+    out, padded = cut_window(full, 3.0, 0.5, None, 10)  # starts after the last sample: nothing
     assert out.size == 0 and padded == 0
-    out, padded = _cut_audio(full, 0.5, 0.2, None, 10)  # to the end from before the first sample: 3 zeros, all 10
+    out, padded = cut_window(full, 0.2, 0.5, None, 10)  # to the end from before the first sample: 3 zeros, all 10
     assert out.tolist() == [0, 0, 0, *range(1, 11)] and padded == 3  # (the last 3 samples used to be dropped)
 
 

@@ -46,6 +46,7 @@ from .decoding_xkd import (
     MediaDecodingError,
     MediaReader,
     MediaSource,
+    cut_window,  # the one audio window rule; part of this module's API ("padding")
 )
 
 
@@ -213,27 +214,6 @@ def frame_indices(times: np.ndarray, source_fps: float, num_source_frames: int) 
     end_of_video = num_source_frames / source_fps
     num_padded = int(np.sum(times >= end_of_video - TIME_TOLERANCE))
     return np.clip(idx, 0, num_source_frames - 1).astype(np.int64), num_padded
-
-
-def cut_window(
-    wave: np.ndarray, start: float, wave_start: float, num_samples: int, sampling_rate: int,
-    padding_value: float = 0.0, valid_samples: int | None = None,
-) -> tuple[np.ndarray, int]:
-    """Samples ``[start, start + num_samples / rate)`` of a waveform that begins at ``wave_start`` seconds.
-
-    The first sample is ``round((start - wave_start) * rate)``; what the waveform lacks is ``padding_value``.
-
-    Returns:
-        (window `(num_samples,)` float32, num_padded): ``num_padded`` counts the samples at or past
-        ``valid_samples`` (default ``len(wave)``: the waveform's own samples, not padding the decoder added).
-    """
-    lo = int(round((start - wave_start) * sampling_rate))
-    window = wave[max(lo, 0): max(lo, 0) + num_samples]
-    if len(window) < num_samples:
-        window = np.pad(window, (0, num_samples - len(window)), constant_values=padding_value)
-    valid = len(wave) if valid_samples is None else valid_samples
-    padded = int(min(max(0, lo + num_samples - max(valid, lo)), num_samples))
-    return window.astype(np.float32, copy=False), padded
 
 
 def shorter_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:

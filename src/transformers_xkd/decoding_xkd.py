@@ -15,7 +15,7 @@ module reproduces that with no torchvision, torchaudio, torchcodec or ffmpeg pro
   (routes video packets), :class:`_H264Skipper` (which H.264 packets need no decoding, the lookahead queue, the
   start at the last IDR frame, the check that triggers a restart without skipping), :class:`_FramePicker` (each
   requested time gets the frame shown then, padding at both ends, the early RGB conversion) and
-  :class:`_AudioCollector` (batched resampling, channel mean, the stop rule, the window cut of :func:`_cut_audio`).
+  :class:`_AudioCollector` (batched resampling, channel mean, the stop rule, the window cut of :func:`cut_window`).
 * :func:`decode_media` decodes one window (``clips_xkd.decode_clips`` / ``read_clips`` cut several clips with one
   open container); :func:`load_audio` returns a mono waveform.
 * Every failure a user can cause (missing, empty, truncated or non-media file; no video or audio stream where one
@@ -962,23 +962,34 @@ class _AudioCollector:
         if self.first_time is None and not decoded_any:
             raise MediaDecodingError(self.name, "no audio could be decoded (truncated or corrupt file)")
         full = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
-        return _cut_audio(full, self.first_time or 0.0, start, end, self.sampling_rate)
+        num_samples = None if end is None else int(round((float(end) - start) * self.sampling_rate))
+        return cut_window(full, start, self.first_time or 0.0, num_samples, self.sampling_rate)
 
 
-def _cut_audio(full: np.ndarray, first_time: float, start: float, end: float | None, sampling_rate: int):
-    """Cut ``[start, end)`` (seconds) out of ``full``, whose first sample is at ``first_time``: zeros where ``full``
-    has no samples. ``end=None`` keeps everything from ``start``. Returns ``(samples, num_padded)``."""
-    offset = int(round((start - first_time) * sampling_rate))
-    if end is None:  # to the last sample; a start before the first sample adds leading zeros (and keeps every sample)
-        length = max(0, len(full) - offset)
-    else:
-        length = int(round((float(end) - start) * sampling_rate))
-    out = np.zeros(length, np.float32)
-    src_lo, src_hi = max(offset, 0), min(offset + length, len(full))
+def cut_window(
+    wave: np.ndarray, start: float, wave_start: float, num_samples: int | None, sampling_rate: int,
+    padding_value: float = 0.0, valid_samples: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Samples ``[start, start + num_samples / rate)`` of a waveform that begins at ``wave_start`` seconds.
+
+    The one audio window rule (the decoder's window and the clip layer's clips): the first sample is
+    ``round((start - wave_start) * rate)``; where the waveform has no sample (before its start or after its end) the
+    window holds ``padding_value``. ``num_samples=None`` runs to the waveform's last sample (a start before its
+    first sample adds the leading padding and keeps every sample).
+
+    Returns:
+        (window `(num_samples,)` float32, num_padded): ``num_padded`` counts the window's samples that are not among
+        the first ``valid_samples`` of ``wave`` (default ``len(wave)``: its own samples, not padding a decoder added).
+    """
+    lo = int(round((start - wave_start) * sampling_rate))
+    if num_samples is None:
+        num_samples = max(0, len(wave) - lo)
+    window = np.full(num_samples, padding_value, np.float32)
+    src_lo, src_hi = max(lo, 0), min(lo + num_samples, len(wave))
     if src_hi > src_lo:
-        dst_lo = src_lo - offset
-        out[dst_lo : dst_lo + src_hi - src_lo] = full[src_lo:src_hi]
-    return out, length - max(0, src_hi - src_lo)
+        window[src_lo - lo: src_hi - lo] = wave[src_lo:src_hi]
+    valid = len(wave) if valid_samples is None else valid_samples
+    return window, num_samples - max(0, min(src_hi, valid) - src_lo)
 
 
 def _to_array(frame) -> np.ndarray:
