@@ -1643,12 +1643,11 @@ class XKDForPretraining(XKDPreTrainedModel):
 
     def student_parameters(self):
         """Trainable parameters of the students and their heads: what the released code clips (per parameter)."""
-        seen = set()
-        for module in (self.video_student, self.video_student_head, self.audio_student, self.audio_student_head):
-            for p in module.parameters():
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    yield p
+        # a throwaway container: its `parameters()` yields a parameter shared by two students (MAS) once
+        students = nn.ModuleList(
+            [self.video_student, self.video_student_head, self.audio_student, self.audio_student_head]
+        )
+        return (p for p in students.parameters() if p.requires_grad)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -84,12 +84,9 @@ def mae_only_loss(model, batch: dict) -> torch.Tensor:
 
 
 def mae_parameters(model):
-    seen = set()
-    for module in (model.video_student, model.audio_student, model.video_decoder, model.audio_decoder):
-        for p in module.parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                yield p
+    """Trainable parameters of the students and decoders, each once (a throwaway `ModuleList` dedupes them)."""
+    parts = torch.nn.ModuleList([model.video_student, model.audio_student, model.video_decoder, model.audio_decoder])
+    return (p for p in parts.parameters() if p.requires_grad)
 
 
 def make_step(variant: str, cfg, batch: dict, device: torch.device, dtype: str, fused_adamw: bool | None,
