@@ -7,7 +7,7 @@
 Makes (or reuses) an AV-digits set, pretrains "mae", "mae+kd" and "xkd" with the same budget for every seed, probes
 the EMA teachers' frozen video, audio and late-fusion features (FC probe and linear SVM) at step 0 (random init) and
 along the run, and writes benchmarks/results/learning-<scale>-<machine>.{json,md} plus -steps.png (probe accuracy
-against steps) and -monitors.png (collapse monitors). All logic is in transformers_xkd.pretraining.learning_benchmark.
+against steps) and -monitors.png (collapse monitors). All logic is in transformers_xkd.benchmarking.learning.
 """
 
 import argparse
@@ -28,7 +28,7 @@ def _slug(machine: str) -> str:
 
 
 def main(argv=None) -> int:
-    from transformers_xkd.pretraining.learning_benchmark import (
+    from transformers_xkd.benchmarking.learning import (
         OBJECTIVES, SCALES, machine_description, run_learning_benchmark, write_results,
     )
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     if args.reprobe:
         import json
 
-        from transformers_xkd.pretraining.learning_benchmark import reprobe_results
+        from transformers_xkd.benchmarking.learning import reprobe_results
 
         with open(args.reprobe) as f:
             previous = json.load(f)

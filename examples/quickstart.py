@@ -98,7 +98,7 @@ def features(model_dir: str, clip: str) -> None:
 
 def make_data(out_dir: str) -> None:
     from transformers_xkd.pretraining.avdigits import make_avdigits
-    from transformers_xkd.pretraining.learning_benchmark import SCALES
+    from transformers_xkd.benchmarking.learning import SCALES
 
     spec = SCALES["quickstart"].data
     manifest = make_avdigits(out_dir, spec, workers=2)
@@ -115,7 +115,7 @@ def evaluate(run_dir: str, data_dir: str) -> None:
 
     import transformers_xkd  # noqa: F401  (registers the Auto classes)
     from transformers_xkd.pretraining.config import build_model_config
-    from transformers_xkd.pretraining.learning_benchmark import (
+    from transformers_xkd.benchmarking.learning import (
         decode_labelled_split, encode_features, initial_or_checkpoint_model, probe_features,
     )
     from transformers_xkd.pretraining.visualize import plot_training_log, reconstruction_figure

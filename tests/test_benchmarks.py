@@ -173,7 +173,7 @@ def test_ast_geometry_matches_token_counts():
 def test_one_machine_description_for_both_benchmarks():
     # benchmarks/run.py (device names) and the learning benchmark (results' "machine") read the same helper
     from transformers_xkd.benchmarking import harness
-    from transformers_xkd.pretraining import learning_benchmark
+    from transformers_xkd.benchmarking import learning as learning_benchmark
 
     assert learning_benchmark.machine_description is harness.machine_description
     description = harness.machine_description()

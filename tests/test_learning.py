@@ -229,7 +229,7 @@ def test_avdigits_rejects_bad_specs():
 
 @pytest.fixture(scope="module")
 def smoke_benchmark(tmp_path_factory):
-    from transformers_xkd.pretraining.learning_benchmark import run_learning_benchmark, write_results
+    from transformers_xkd.benchmarking.learning import run_learning_benchmark, write_results
 
     root = tmp_path_factory.mktemp("learning")
     results = run_learning_benchmark(str(root / "work"), "smoke", seeds=(0,), workers=1, progress=False)
@@ -323,7 +323,7 @@ def test_training_log_picture(smoke_benchmark, tmp_path):
 
 
 def test_benchmark_reprobe_gives_the_same_numbers(smoke_benchmark):
-    from transformers_xkd.pretraining.learning_benchmark import reprobe_results
+    from transformers_xkd.benchmarking.learning import reprobe_results
 
     root, results, _ = smoke_benchmark
     again = reprobe_results(results, str(root / "work"), str(root / "work" / "avdigits"))

@@ -2,11 +2,11 @@
 
 For each seed and each objective (``"mae"``, ``"mae+kd"``, ``"xkd"``; :data:`OBJECTIVES`) the benchmark pretrains
 with :func:`~transformers_xkd.pretraining.run_pretraining` on the unlabelled training split of an AV-digits set
-(:mod:`.avdigits`), with the same budget (steps, batch, recipe) for every objective, keeping checkpoints along the
-way. Each checkpoint's EMA teachers (what the paper evaluates) then give frozen features of the labelled train
-and test splits, read through the package's own data path (PyAV decoding, the exported processors, the log-mel of
-``downstream.features.sample_clips``): video features, audio features and their late fusion. Two probes score
-them, both from :mod:`transformers_xkd.downstream`:
+(:mod:`transformers_xkd.pretraining.avdigits`), with the same budget (steps, batch, recipe) for every objective,
+keeping checkpoints along the way. Each checkpoint's EMA teachers (what the paper evaluates) then give frozen
+features of the labelled train and test splits, read through the package's own data path (PyAV decoding, the
+exported processors, the log-mel of ``downstream.features.sample_clips``): video features, audio features and their
+late fusion. Two probes score them, both from :mod:`transformers_xkd.downstream`:
 
 * the FC probe (``train_linear_probe``, a fixed recipe: nothing is chosen on the test set) - the table's numbers;
 * the linear SVM cost sweep (``svm_sweep``) - which, as released, reports the best cost on the test set
@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from ..benchmarking.harness import machine_description
+from ..pretraining.avdigits import AVDigitsSpec, make_avdigits
 from ..utils_io import atomic_write_text
-from .avdigits import AVDigitsSpec, make_avdigits
+from .harness import machine_description
 
 __all__ = ["OBJECTIVES", "SCALES", "BenchmarkScale", "benchmark_config", "pretrain_and_probe",
            "run_learning_benchmark", "reprobe_results", "decode_labelled_split", "encode_features", "probe_features",
@@ -103,7 +103,7 @@ def benchmark_config(scale: BenchmarkScale, objective: str, seed: int) -> dict:
     """The pretraining configuration (``load_config`` layout) of one arm: the recipe of the released defaults
     with the small-scale changes of README "Small-scale runs" (EMA start, lr, weight decay, no temperature warm-up),
     the same for every objective except ``model.objective``."""
-    from .config import load_config
+    from ..pretraining.config import load_config
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
@@ -252,7 +252,7 @@ def raw_input_features(pixel_values: torch.Tensor, input_values: torch.Tensor) -
 
 def probe_arm(out_dir: str, model_config, seed: int, train, test) -> list[dict]:
     """Probe step 0 (the trainer's initial weights for ``seed``) and every checkpoint of a run folder."""
-    from .trainer import list_checkpoints
+    from ..pretraining.trainer import list_checkpoints
 
     probes = []
     for step, folder in [(0, None)] + list_checkpoints(os.path.join(out_dir, "checkpoints")):
@@ -266,8 +266,8 @@ def pretrain_and_probe(data_root: str, out_dir: str, scale: BenchmarkScale, obje
                        threads: int | None = None) -> dict:
     """One arm (objective x seed): pretrain, probe step 0 (random init) and every checkpoint, write
     ``out_dir/arm.json`` and return it."""
-    from .config import build_model_config
-    from .trainer import run_pretraining
+    from ..pretraining.config import build_model_config
+    from ..pretraining.trainer import run_pretraining
 
     if threads:
         torch.set_num_threads(threads)
@@ -300,7 +300,7 @@ def pretrain_and_probe(data_root: str, out_dir: str, scale: BenchmarkScale, obje
 def reprobe_results(results: dict, work_dir: str, data_root: str, threads: int | None = None) -> dict:
     """Probe the checkpoints of a finished benchmark again with this version's probes (each seed's clips decoded
     once for all its arms); returns the updated results (arms' ``probes`` / ``raw_inputs`` and ``summary``)."""
-    from .config import build_model_config
+    from ..pretraining.config import build_model_config
 
     if threads:
         torch.set_num_threads(threads)
